@@ -1,0 +1,117 @@
+"""``reelbot console``: sends one command through the core and waits for any job it started."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from adapters.console.delivery import ConsoleDelivery
+from bot.app import build_app
+from bot.config import Settings
+from bot.core import MAX_ATTACHMENT_BYTES
+from bot.jobs import ChatRequest, InputFile, JobState, Requester
+from bot.money import micros_to_decimal
+
+DEFAULT_WORKSPACE = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleArgs:
+    as_user: str
+    text: str
+    workspace: str = DEFAULT_WORKSPACE
+    attach: tuple[Path, ...] = ()
+    json_out: bool = False
+    no_wait: bool = False
+    request_id: str | None = None
+    timeout: float | None = None
+
+
+class AttachmentError(ValueError):
+    pass
+
+
+def read_attachment(path: Path) -> InputFile:
+    """Reads a file to attach, refusing what a chat platform would refuse before downloading."""
+    if not path.is_file():
+        raise AttachmentError(f"There is no file {path}.")
+    if path.stat().st_size > MAX_ATTACHMENT_BYTES:
+        raise AttachmentError(f"{path.name} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return InputFile(filename=path.name, content_type=content_type, data=path.read_bytes())
+
+
+def strip_command(text: str) -> str:
+    stripped = text.strip()
+    if stripped.lower().startswith("/video"):
+        return stripped[len("/video"):].strip()
+    return stripped
+
+
+async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | None = None) -> int:
+    """Runs one command; returns the process exit code (0 delivered or answered, 1 otherwise)."""
+    out = out or Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False)
+    try:
+        attachments = tuple(read_attachment(p) for p in args.attach)
+    except AttachmentError as exc:
+        return _finish(out, err, args, ok=False, message=str(exc))
+
+    app = await build_app(settings)
+    delivery = ConsoleDelivery(out=out)
+    app.bot.register(delivery)
+    try:
+        await app.worker.start()
+        user = args.as_user.lstrip("@")
+        requester = Requester(platform="console", workspace_id=args.workspace, user_id=user, display_name=f"@{user}")
+        request = ChatRequest(
+            requester=requester,
+            request_key=f"console:{args.request_id or uuid.uuid4().hex}",
+            channel_id="terminal",
+            text=strip_command(args.text),
+            attachments=attachments,
+        )
+        reply = await app.bot.handle(request)
+        out.print(reply.text, markup=False)
+        job = reply.job
+        if job is not None and not args.no_wait and not job.state.is_final:
+            job = await app.worker.wait_for(job.id, timeout=args.timeout)
+        usage = await app.bot.usage_for("console", args.workspace, user)
+        created_here = job is not None and job.request_key == request.request_key
+        ok = reply.ok and (not created_here or args.no_wait or job.state is JobState.DELIVERED)
+        error = None
+        if not ok:
+            error = reply.text if not reply.ok or job is None or not job.error else job.error
+        return _finish(
+            out, err, args, ok=ok, message=error, job=job, remaining=usage.remaining_micros, reply=reply.text,
+        )
+    finally:
+        delivery.stop_progress("*")
+        await app.close()
+
+
+def _finish(out: Console, err: Console, args: ConsoleArgs, *, ok: bool, message: str | None, job=None,  # noqa: ANN001
+            remaining: int | None = None, reply: str | None = None) -> int:
+    if not ok and message:
+        err.print(f"reelbot: {message.splitlines()[0]}", markup=False)
+    if args.json_out:
+        payload = {
+            "ok": ok,
+            "job_id": job.id if job is not None else None,
+            "state": job.state.value if job is not None else None,
+            "cost_usd": str(micros_to_decimal(job.cost_micros)) if job is not None else None,
+            "clip_path": job.clip_path if job is not None and job.state is JobState.DELIVERED else None,
+            "error": None if ok else message,
+            "budget_remaining_usd": str(micros_to_decimal(remaining)) if remaining is not None else None,
+            "reply": reply,
+        }
+        sys.stdout.flush()
+        out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        out.file.flush()
+    return 0 if ok else 1

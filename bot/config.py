@@ -1,0 +1,156 @@
+"""Typed configuration, read once at the entry point and passed down explicitly.
+
+Every field is read from an environment variable whose name is part of the public contract
+(see the README's configuration table). ``load_settings`` turns a validation failure into one
+line that names the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Period = Literal["day", "week", "month"]
+ProviderName = Literal["local", "openai"]
+
+
+def _env(name: str, **kwargs):  # noqa: ANN202 - a Field factory
+    return Field(validation_alias=AliasChoices(name), **kwargs)
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message is one line fit for a terminal."""
+
+
+class Settings(BaseSettings):
+    """Everything reelbot reads from its environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=False)
+
+    openai_api_key: SecretStr | None = _env("OPENAI_API_KEY", default=None)
+    openai_base_url: str = _env("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+    provider: ProviderName | None = _env("REELBOT_PROVIDER", default=None)
+    data_dir: Path = _env("REELBOT_DATA_DIR", default=Path("reelbot-data"))
+    user_budget_usd: Decimal = _env("REELBOT_USER_BUDGET_USD", default=Decimal("10"), ge=0, le=1_000_000)
+    budget_period: Period = _env("REELBOT_BUDGET_PERIOD", default="month")
+    max_jobs_per_user: int = _env("REELBOT_MAX_JOBS_PER_USER", default=2, ge=1, le=1000)
+    max_jobs_in_flight: int = _env("REELBOT_MAX_JOBS_IN_FLIGHT", default=4, ge=1, le=10_000)
+    allow_long_clips: bool = _env("REELBOT_ALLOW_LONG_CLIPS", default=False)
+    allow_1080p: bool = _env("REELBOT_ALLOW_1080P", default=False)
+    admin_ids: Annotated[tuple[str, ...], NoDecode] = _env("REELBOT_ADMIN_IDS", default=())
+    render_deadline_s: float = _env("REELBOT_RENDER_DEADLINE_S", default=1200.0, gt=0)
+    consent_timeout_s: float = _env("REELBOT_CONSENT_TIMEOUT_S", default=3600.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _env("REELBOT_LOG_LEVEL", default="INFO")
+
+    slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN", default=None)
+    slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN", default=None)
+    slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET", default=None)
+    slack_api_url: str = _env("SLACK_API_URL", default="https://slack.com/api/")
+    http_port: int = _env("REELBOT_HTTP_PORT", default=3000, ge=1, le=65535)
+
+    discord_bot_token: SecretStr | None = _env("DISCORD_BOT_TOKEN", default=None)
+    discord_api_url: str = _env("DISCORD_API_URL", default="https://discord.com/api/v10")
+    discord_gateway_url: str = _env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
+    discord_guild_id: int | None = _env("DISCORD_GUILD_ID", default=None)
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("openai_base_url", "slack_api_url", "discord_api_url", "discord_gateway_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("an http(s):// or ws(s):// URL")
+        return value
+
+    @field_validator("provider", "budget_period", "log_level", mode="before")
+    @classmethod
+    def _lower_or_upper(cls, value: object, info) -> object:  # noqa: ANN001
+        if isinstance(value, str):
+            return value.upper() if info.field_name == "log_level" else value.strip().lower()
+        return value
+
+    @model_validator(mode="after")
+    def _provider_needs_key(self) -> Settings:
+        if self.provider == "openai" and self.openai_api_key is None:
+            raise ValueError("REELBOT_PROVIDER=openai needs OPENAI_API_KEY")
+        return self
+
+    @property
+    def resolved_provider(self) -> ProviderName:
+        """``openai`` when a key is set and nothing else was asked for, else ``local``."""
+        if self.provider is not None:
+            return self.provider
+        return "openai" if self.openai_api_key is not None else "local"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "reelbot.db"
+
+    @property
+    def clips_dir(self) -> Path:
+        return self.data_dir / "clips"
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.slack_bot_token is not None and (
+            self.slack_app_token is not None or self.slack_signing_secret is not None
+        )
+
+    @property
+    def discord_configured(self) -> bool:
+        return self.discord_bot_token is not None
+
+
+_ACCEPTS = {
+    "literal_error": None,
+    "bool_parsing": "true or false",
+    "int_parsing": "a whole number",
+    "decimal_parsing": "a number",
+    "float_parsing": "a number",
+}
+
+
+def _describe(error: dict) -> str:
+    names = [str(loc) for loc in error.get("loc", ()) if isinstance(loc, str)]
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    if not names:
+        return message
+    field = Settings.model_fields.get(names[0])
+    variable = names[0]
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        variable = str(field.validation_alias.choices[0])
+    accepts = _ACCEPTS.get(error.get("type", ""))
+    if error.get("type") == "literal_error":
+        message = message.replace("Input should be", "must be")
+    elif accepts:
+        message = f"must be {accepts}"
+    elif error.get("type", "").startswith(("greater", "less")):
+        message = "must be " + message.removeprefix("Input should be ")
+    else:
+        message = message if message.startswith("must") else f"must be {message}"
+    got = error.get("input")
+    shown = f" (got {got!r})" if isinstance(got, str | int | float) and not str(variable).endswith(
+        ("KEY", "TOKEN", "SECRET")) else ""
+    return f"{variable}: {message}{shown}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads the environment once.
+
+    Raises:
+        ConfigError: with one line naming the variable and what it accepts.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_describe(first)) from None

@@ -1,0 +1,155 @@
+"""The provider interface the worker drives, independent of any vendor.
+
+Adding a vendor means adding a module here that implements ``VideoProvider``; adapters never
+see providers, and the worker only sees this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class VideoStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, in terms the bot can explain and decide retries on."""
+
+    MODERATION = "moderation"
+    AUTH = "auth"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    SERVER = "server"
+    UNAVAILABLE = "unavailable"  # host unreachable, connection refused or reset
+    BAD_RESPONSE = "bad_response"  # garbage JSON, a clip that is not a video
+
+
+_PLAIN: dict[ErrorKind, str] = {
+    ErrorKind.MODERATION: "The video service's moderation blocked this request; try a different prompt.",
+    ErrorKind.AUTH: "The video service rejected reelbot's API key; an admin needs to check OPENAI_API_KEY.",
+    ErrorKind.MODEL_UNAVAILABLE: "The video service does not offer this model (it may be retired).",
+    ErrorKind.TIMEOUT: "The video service did not finish in time.",
+    ErrorKind.RATE_LIMITED: "The video service is busy (rate limited); try again in a little while.",
+    ErrorKind.BAD_REQUEST: "The video service refused the request.",
+    ErrorKind.NOT_FOUND: "The video service no longer knows this video.",
+    ErrorKind.SERVER: "The video service had an internal error.",
+    ErrorKind.UNAVAILABLE: "The video service could not be reached.",
+    ErrorKind.BAD_RESPONSE: "The video service sent back something that is not a usable answer.",
+}
+
+
+class ProviderError(Exception):
+    """A provider call failed.
+
+    Attributes:
+        kind: the category, for retry decisions and wording.
+        detail: the provider's own message (for logs; may be shown after the plain sentence).
+        retryable: whether the same call may succeed later.
+        retry_after: seconds the provider asked us to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        detail: str = "",
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else str(kind))
+        self.kind = kind
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status_code = status_code
+
+    @property
+    def user_message(self) -> str:
+        """One plain sentence for the person who asked."""
+        base = _PLAIN[self.kind]
+        if self.kind is ErrorKind.BAD_REQUEST and self.detail:
+            return f"{base} It said: {self.detail[:300]}"
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    """An image already fitted to the exact clip size (the protocol wants exact dimensions)."""
+
+    data: bytes
+    content_type: str  # image/jpeg, image/png or image/webp
+    filename: str
+    is_likeness: bool = False  # a registered cameo, not a plain reference
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSpec:
+    prompt: str
+    model: str
+    size: str  # "WxH"
+    seconds: int
+    reference: ReferenceImage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderVideo:
+    """A provider's view of one video, normalised across relay variants.
+
+    ``poll_after`` is the provider's hint, in seconds, for when to ask again (e.g. from
+    ``openai-poll-after-ms``), or None when it gave none.
+    """
+
+    id: str
+    status: VideoStatus
+    progress: int = 0
+    error: ProviderError | None = None
+    poll_after: float | None = None
+    download_url: str | None = None
+
+
+ProgressCallback = Callable[[int], None]
+
+
+@runtime_checkable
+class VideoProvider(Protocol):
+    """What the worker needs from a video service."""
+
+    name: str
+    #: Whether the service accepts references that show a real person (cameos).
+    accepts_likeness: bool
+
+    async def create(self, spec: RenderSpec) -> ProviderVideo:
+        """Starts a render and returns at once with the provider's id."""
+        ...
+
+    async def retrieve(self, video_id: str) -> ProviderVideo:
+        """The current status of a render."""
+        ...
+
+    async def download(self, video_id: str, dest: Path) -> int:
+        """Streams the finished MP4 to ``dest`` and returns its size in bytes."""
+        ...
+
+    async def delete(self, video_id: str) -> None:
+        """Deletes the video and its assets at the provider (best effort for unfinished ones)."""
+        ...
+
+    async def remix(self, video_id: str, prompt: str) -> ProviderVideo:
+        """Starts a new render that changes a finished one according to ``prompt``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Releases connections and background tasks."""
+        ...

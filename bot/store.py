@@ -1,0 +1,575 @@
+"""All of reelbot's SQL: jobs, budgets and their ledger, platform dedupe, consent and audit.
+
+One SQLite file in WAL mode. Schema changes are versioned migrations applied at open. Every job
+state change is one committed row update, so a crash loses nothing that was said to happen.
+
+Money moves only inside ``BEGIN IMMEDIATE`` transactions: the write lock is taken before the
+budget is read, so concurrent requests (in this process or another) cannot both spend the last
+dollar. Each job has at most one reserve row and at most one of settle/release in the ledger,
+enforced by a unique index, which makes settlement idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobOptions, JobState
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, budgets, ledger, dedupe, audit
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        request_key TEXT NOT NULL UNIQUE,
+        platform TEXT NOT NULL,
+        workspace_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        thread_id TEXT,
+        prompt TEXT NOT NULL,
+        model TEXT NOT NULL,
+        size TEXT NOT NULL,
+        seconds INTEGER NOT NULL,
+        cameo TEXT,
+        state TEXT NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        budget_period TEXT,
+        provider TEXT NOT NULL DEFAULT '',
+        provider_video_id TEXT,
+        progress INTEGER NOT NULL DEFAULT 0,
+        card_ref TEXT,
+        clip_path TEXT,
+        delivered_ref TEXT,
+        error TEXT,
+        tries INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        remix_of TEXT,
+        reference_path TEXT,
+        lease_owner TEXT,
+        lease_expires REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        queued_at REAL,
+        started_at REAL
+    );
+    CREATE INDEX jobs_by_state ON jobs(state, queued_at);
+    CREATE INDEX jobs_by_user ON jobs(platform, workspace_id, user_id, created_at);
+    CREATE TABLE budget_limits (
+        subject TEXT PRIMARY KEY,
+        limit_micros INTEGER NOT NULL CHECK (limit_micros >= 0),
+        set_by TEXT NOT NULL,
+        set_at REAL NOT NULL
+    );
+    CREATE TABLE budget_usage (
+        user_key TEXT NOT NULL,
+        period TEXT NOT NULL,
+        spent_micros INTEGER NOT NULL DEFAULT 0 CHECK (spent_micros >= 0),
+        reserved_micros INTEGER NOT NULL DEFAULT 0 CHECK (reserved_micros >= 0),
+        warned INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_key, period)
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        period TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('reserve', 'settle', 'release')),
+        amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
+        at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX ledger_once ON ledger(job_id, CASE kind WHEN 'reserve' THEN 0 ELSE 1 END);
+    CREATE TABLE seen_events (
+        key TEXT PRIMARY KEY,
+        at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+)
+
+_JOB_COLUMNS = (
+    "id, request_key, platform, workspace_id, user_id, user_name, channel_id, thread_id, prompt, model, "
+    "size, seconds, cameo, state, cost_micros, budget_period, provider, provider_video_id, progress, "
+    "card_ref, clip_path, delivered_ref, error, tries, cancel_requested, remix_of, reference_path, "
+    "created_at, updated_at, started_at"
+)
+_UPDATABLE = frozenset(
+    {
+        "thread_id", "state", "provider", "provider_video_id", "progress", "card_ref", "clip_path",
+        "delivered_ref", "error", "tries", "cancel_requested", "reference_path", "user_name", "started_at",
+    }
+)
+
+
+def new_job_id() -> str:
+    """A short id people can type: 8 characters of lowercase base32 (40 random bits)."""
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    spent_micros: int
+    reserved_micros: int
+    limit_micros: int
+    warned: bool = False
+
+    @property
+    def remaining_micros(self) -> int:
+        return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of reserving a job's cost.
+
+    ``warn`` is true exactly once per user and period: the first admission that takes committed
+    spending (spent + reserved) to 80% of the limit or more.
+    """
+
+    admitted: bool
+    usage: Usage
+    warn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    reserved: int
+    settled: int
+    released: int
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _row_to_job(row: aiosqlite.Row) -> Job:
+    return Job(
+        id=row["id"],
+        request_key=row["request_key"],
+        platform=row["platform"],
+        workspace_id=row["workspace_id"],
+        user_id=row["user_id"],
+        user_name=row["user_name"],
+        channel_id=row["channel_id"],
+        thread_id=row["thread_id"],
+        prompt=row["prompt"],
+        options=JobOptions(model=row["model"], size=row["size"], seconds=row["seconds"], cameo=row["cameo"]),
+        state=JobState(row["state"]),
+        cost_micros=row["cost_micros"],
+        budget_period=row["budget_period"],
+        provider=row["provider"],
+        provider_video_id=row["provider_video_id"],
+        progress=row["progress"],
+        card_ref=row["card_ref"],
+        clip_path=row["clip_path"],
+        delivered_ref=row["delivered_ref"],
+        error=row["error"],
+        tries=row["tries"],
+        cancel_requested=bool(row["cancel_requested"]),
+        remix_of=row["remix_of"],
+        reference_path=row["reference_path"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+    )
+
+
+class Store:
+    """The SQLite store. Open with ``await Store.open(path)``; close with ``await store.close()``."""
+
+    def __init__(self, *, db: aiosqlite.Connection, path: Path, clock=time.time) -> None:  # noqa: ANN001
+        self._db = db
+        self.path = path
+        self._clock = clock
+        # aiosqlite runs one connection on one thread; the lock keeps one coroutine's transaction
+        # from interleaving with another coroutine's statements on the same connection.
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, clock=time.time) -> Store:  # noqa: ANN001
+        """Opens (creating owner-only where new) the database and applies pending migrations."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout = 30000")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        store = cls(db=db, path=path, clock=clock)
+        await store._migrate()
+        for suffix in ("-wal", "-shm"):
+            sidecar = Path(f"{path}{suffix}")
+            if sidecar.exists():
+                sidecar.chmod(0o600)
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._tx():
+            version = (await self._one("PRAGMA user_version"))[0]
+            for number, script in enumerate(_MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                for statement in filter(str.strip, script.split(";\n")):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return len(_MIGRATIONS)
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[None]:
+        """One ``BEGIN IMMEDIATE`` transaction: takes SQLite's write lock before reading."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self._db.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _read_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self._lock:
+            return await self._one(sql, params)
+
+    async def _read_all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._lock:
+            return await self._all(sql, params)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def insert_job(self, job: Job) -> tuple[Job, bool]:
+        """Writes a new job row, or returns the existing one for the same request key.
+
+        Returns:
+            The stored job and whether this call created it.
+        """
+        values = (
+            job.id, job.request_key, job.platform, job.workspace_id, job.user_id, job.user_name,
+            job.channel_id, job.thread_id, job.prompt, job.options.model, job.options.size,
+            job.options.seconds, job.options.cameo, job.state.value, job.cost_micros, job.budget_period,
+            job.provider, job.provider_video_id, job.progress, job.card_ref, job.clip_path,
+            job.delivered_ref, job.error, job.tries, int(job.cancel_requested), job.remix_of,
+            job.reference_path, job.created_at, job.updated_at, job.started_at,
+        )
+        async with self._tx():
+            cursor = await self._db.execute(
+                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+            created = cursor.rowcount == 1
+            row = await self._one("SELECT * FROM jobs WHERE request_key = ?", (job.request_key,))
+        assert row is not None
+        return _row_to_job(row), created
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._read_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(row) if row else None
+
+    async def get_job_by_request(self, request_key: str) -> Job | None:
+        row = await self._read_one("SELECT * FROM jobs WHERE request_key = ?", (request_key,))
+        return _row_to_job(row) if row else None
+
+    async def update_job(self, job_id: str, *, expect: Iterable[JobState] | None = None, **fields: Any) -> Job:
+        """Updates fields of a job in one committed statement.
+
+        Args:
+            expect: when given, the update only happens if the job is in one of these states.
+
+        Raises:
+            StoreError: when the job does not exist or is not in an expected state.
+        """
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = [v.value if isinstance(v, JobState) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?"
+        params: list[Any] = [*values, self._clock(), job_id]
+        if expect is not None:
+            states = [s.value for s in expect]
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            params += states
+        async with self._tx():
+            cursor = await self._db.execute(sql, params)
+            row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise StoreError(f"no job {job_id}")
+        if cursor.rowcount != 1:
+            raise StoreError(f"job {job_id} is {row['state']}, not in an expected state")
+        return _row_to_job(row)
+
+    async def jobs_for_user(self, platform: str, workspace_id: str, user_id: str, limit: int = 10) -> list[Job]:
+        rows = await self._read_all(
+            "SELECT * FROM jobs WHERE platform = ? AND workspace_id = ? AND user_id = ? "
+            "ORDER BY created_at DESC LIMIT ?",
+            (platform, workspace_id, user_id, limit),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    async def jobs_in_states(self, states: Iterable[JobState], platforms: Iterable[str] | None = None) -> list[Job]:
+        state_values = [s.value for s in states]
+        sql = f"SELECT * FROM jobs WHERE state IN ({', '.join('?' * len(state_values))})"
+        params: list[Any] = list(state_values)
+        if platforms is not None:
+            names = list(platforms)
+            sql += f" AND platform IN ({', '.join('?' * len(names))})"
+            params += names
+        rows = await self._read_all(sql + " ORDER BY queued_at, created_at", params)
+        return [_row_to_job(r) for r in rows]
+
+    async def queue_position(self, job_id: str) -> int | None:
+        """1 for the next queued job to start; None when the job is not queued."""
+        row = await self._read_one(
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.state = 'queued' AND q.platform = j.platform "
+            "AND (q.queued_at < j.queued_at OR (q.queued_at = j.queued_at AND q.id <= j.id))) "
+            "FROM jobs j WHERE j.id = ? AND j.state = 'queued'",
+            (job_id,),
+        )
+        return row[0] if row else None
+
+    async def count_active(self, user_key: str | None = None) -> int:
+        states = [s.value for s in ACTIVE_STATES]
+        sql = f"SELECT COUNT(*) FROM jobs WHERE state IN ({', '.join('?' * len(states))})"
+        params: list[Any] = list(states)
+        if user_key is not None:
+            sql += " AND platform || ':' || workspace_id || ':' || user_id = ?"
+            params.append(user_key)
+        row = await self._read_one(sql, params)
+        return row[0] if row else 0
+
+    # --- leases: which process drives a job -------------------------------------------------
+
+    async def claim_job(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        """Takes the job for ``owner`` unless another live owner holds it."""
+        now = self._clock()
+        async with self._tx():
+            cursor = await self._db.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE id = ? AND "
+                "(lease_owner IS NULL OR lease_owner = ? OR lease_expires < ?)",
+                (owner, now + lease_seconds, job_id, owner, now),
+            )
+        return cursor.rowcount == 1
+
+    async def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        async with self._tx():
+            cursor = await self._db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND lease_owner = ?",
+                (self._clock() + lease_seconds, job_id, owner),
+            )
+        return cursor.rowcount == 1
+
+    async def release_lease(self, job_id: str, owner: str) -> None:
+        async with self._tx():
+            await self._db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
+                (job_id, owner),
+            )
+
+    # --- budgets ---------------------------------------------------------------------------
+
+    async def _limit_for(self, user_key: str, default_subject: str, fallback: int) -> int:
+        row = await self._one("SELECT limit_micros FROM budget_limits WHERE subject = ?", (user_key,))
+        if row is None:
+            row = await self._one("SELECT limit_micros FROM budget_limits WHERE subject = ?", (default_subject,))
+        return row[0] if row else fallback
+
+    async def _usage_row(self, user_key: str, period: str) -> tuple[int, int, bool]:
+        row = await self._one(
+            "SELECT spent_micros, reserved_micros, warned FROM budget_usage WHERE user_key = ? AND period = ?",
+            (user_key, period),
+        )
+        return (row[0], row[1], bool(row[2])) if row else (0, 0, False)
+
+    async def usage(self, user_key: str, period: str, *, default_subject: str, fallback_limit: int) -> Usage:
+        async with self._lock:
+            spent, reserved, warned = await self._usage_row(user_key, period)
+            limit = await self._limit_for(user_key, default_subject, fallback_limit)
+        return Usage(spent, reserved, limit, warned)
+
+    async def admit(
+        self, job_id: str, *, period: str, default_subject: str, fallback_limit: int, queued_state: JobState
+    ) -> Admission:
+        """Reserves the job's cost against its owner's budget, or refuses it, atomically.
+
+        On success the job moves to ``queued_state`` with a ``reserve`` ledger row; on refusal it
+        becomes ``refused`` and nothing is reserved. Calling it again for an admitted job is a no-op
+        that reports the current usage.
+        """
+        now = self._clock()
+        async with self._tx():
+            job_row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            if job_row is None:
+                raise StoreError(f"no job {job_id}")
+            job = _row_to_job(job_row)
+            user_key = job.user_key
+            limit = await self._limit_for(user_key, default_subject, fallback_limit)
+            spent, reserved, warned = await self._usage_row(user_key, period)
+            already = await self._one("SELECT 1 FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,))
+            if already or job.state not in (JobState.RECEIVED, JobState.PENDING_CONSENT):
+                return Admission(already is not None, Usage(spent, reserved, limit, warned))
+            if spent + reserved + job.cost_micros > limit:
+                await self._db.execute(
+                    "UPDATE jobs SET state = 'refused', error = 'budget', updated_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+                return Admission(False, Usage(spent, reserved, limit, warned))
+            reserved += job.cost_micros
+            warn = not warned and limit > 0 and (spent + reserved) * 5 >= limit * 4
+            await self._db.execute(
+                "INSERT INTO budget_usage (user_key, period, spent_micros, reserved_micros, warned) "
+                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (user_key, period) DO UPDATE SET "
+                "reserved_micros = reserved_micros + excluded.reserved_micros, warned = MAX(warned, excluded.warned)",
+                (user_key, period, job.cost_micros, int(warn)),
+            )
+            await self._db.execute(
+                "INSERT INTO ledger (job_id, user_key, period, kind, amount_micros, at) "
+                "VALUES (?, ?, ?, 'reserve', ?, ?)",
+                (job_id, user_key, period, job.cost_micros, now),
+            )
+            await self._db.execute(
+                "UPDATE jobs SET state = ?, budget_period = ?, queued_at = ?, updated_at = ? WHERE id = ?",
+                (queued_state.value, period, now, now, job_id),
+            )
+        return Admission(True, Usage(spent, reserved, limit, warned or warn), warn=warn)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        delivered_ref: str | None = None,
+        expect: Iterable[JobState] | None = None,
+    ) -> Job | None:
+        """Moves a job to a final state and settles or releases its reservation in one transaction.
+
+        ``delivered`` settles (the person pays); ``failed``, ``cancelled`` and ``refused`` release.
+        Idempotent: a job already final is left as it is and returned unchanged.
+
+        Returns:
+            The job as stored afterwards, or None when ``expect`` did not match.
+        """
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state} is not final")
+        now = self._clock()
+        async with self._tx():
+            row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            if row is None:
+                raise StoreError(f"no job {job_id}")
+            job = _row_to_job(row)
+            if job.state.is_final:
+                return job
+            if expect is not None and job.state not in set(expect):
+                return None
+            reserve = await self._one(
+                "SELECT user_key, period, amount_micros FROM ledger WHERE job_id = ? AND kind = 'reserve'",
+                (job_id,),
+            )
+            closed = await self._one("SELECT 1 FROM ledger WHERE job_id = ? AND kind != 'reserve'", (job_id,))
+            if reserve is not None and closed is None:
+                kind = "settle" if state is JobState.DELIVERED else "release"
+                user_key, period, amount = reserve
+                await self._db.execute(
+                    "INSERT INTO ledger (job_id, user_key, period, kind, amount_micros, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, user_key, period, kind, amount, now),
+                )
+                spent_delta = amount if kind == "settle" else 0
+                await self._db.execute(
+                    "UPDATE budget_usage SET reserved_micros = reserved_micros - ?, spent_micros = spent_micros + ? "
+                    "WHERE user_key = ? AND period = ?",
+                    (amount, spent_delta, user_key, period),
+                )
+            await self._db.execute(
+                "UPDATE jobs SET state = ?, error = COALESCE(?, error), delivered_ref = COALESCE(?, delivered_ref), "
+                "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE id = ?",
+                (state.value, error, delivered_ref, now, job_id),
+            )
+            row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        assert row is not None
+        return _row_to_job(row)
+
+    async def set_limit(self, subject: str, limit_micros: int, *, set_by: str) -> None:
+        """Sets a budget limit for a user key, or for ``default:<platform>:<workspace>``."""
+        async with self._tx():
+            await self._db.execute(
+                "INSERT INTO budget_limits (subject, limit_micros, set_by, set_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (subject) DO UPDATE SET limit_micros = excluded.limit_micros, "
+                "set_by = excluded.set_by, set_at = excluded.set_at",
+                (subject, limit_micros, set_by, self._clock()),
+            )
+            await self._db.execute(
+                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, 'budget_set', ?, ?)",
+                (self._clock(), set_by, subject, str(limit_micros)),
+            )
+
+    async def usage_report(self, key_prefix: str, period: str) -> list[tuple[str, int, int]]:
+        """(user_key, spent, reserved) for every user under ``key_prefix`` with usage this period."""
+        rows = await self._read_all(
+            "SELECT user_key, spent_micros, reserved_micros FROM budget_usage WHERE period = ? "
+            "AND substr(user_key, 1, ?) = ? AND (spent_micros > 0 OR reserved_micros > 0) "
+            "ORDER BY spent_micros + reserved_micros DESC",
+            (period, len(key_prefix), key_prefix),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def ledger_totals(self) -> LedgerTotals:
+        rows = await self._read_all("SELECT kind, COALESCE(SUM(amount_micros), 0) FROM ledger GROUP BY kind")
+        sums = {r[0]: r[1] for r in rows}
+        return LedgerTotals(sums.get("reserve", 0), sums.get("settle", 0), sums.get("release", 0))
+
+    async def ledger_for(self, job_id: str) -> list[tuple[str, int]]:
+        rows = await self._read_all("SELECT kind, amount_micros FROM ledger WHERE job_id = ? ORDER BY id", (job_id,))
+        return [(r[0], r[1]) for r in rows]
+
+    # --- platform dedupe and audit -----------------------------------------------------------
+
+    async def first_sighting(self, key: str) -> bool:
+        """Records a platform event id; true only the first time it is seen (durable dedupe)."""
+        async with self._tx():
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", (key, self._clock())
+            )
+        return cursor.rowcount == 1
+
+    async def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        async with self._tx():
+            await self._db.execute(
+                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                (self._clock(), actor, action, subject, detail),
+            )
