@@ -20,7 +20,7 @@ NO_PLATFORM = (
     "  Slack:   set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode), or SLACK_BOT_TOKEN and "
     "SLACK_SIGNING_SECRET (HTTP mode on REELBOT_HTTP_PORT).\n"
     "  Discord: set DISCORD_BOT_TOKEN.\n"
-    "Meanwhile the terminal works with no set-up: reelbot demo \"a calico cat playing piano\""
+    'Meanwhile the terminal works with no set-up: reelbot demo "a calico cat playing piano"'
 )
 
 
@@ -32,13 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     console = sub.add_parser("console", help="send one command through the bot, as a chat platform would")
     console.add_argument("--as", dest="as_user", required=True, metavar="USER", help="who is asking")
     console.add_argument("--workspace", default="local", metavar="NAME", help="the workspace (default: local)")
-    console.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE",
-                         help="attach a file (repeatable)")
+    console.add_argument(
+        "--attach", action="append", default=[], type=Path, metavar="FILE", help="attach a file (repeatable)"
+    )
     console.add_argument("--json", dest="json_out", action="store_true", help="end with one JSON line")
     console.add_argument("--no-wait", action="store_true", help="do not wait for the clip")
     console.add_argument("--request-id", help="platform request id (the same id twice makes one job)")
     console.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
-    console.add_argument("text", metavar="COMMAND TEXT", help='e.g. "/video a paper boat --pro"')
+    console.add_argument("--press", metavar="ACTION", help="press a button the bot offered (its action id)")
+    console.add_argument("text", metavar="COMMAND TEXT", nargs="?", default="", help='e.g. "/video a paper boat --pro"')
 
     demo = sub.add_parser("demo", help='shorthand for: reelbot console --as demo "/video PROMPT flags"')
     demo.add_argument("--json", dest="json_out", action="store_true")
@@ -64,16 +66,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "demo":
         words = [w for w in args.words if w != "--"]
+        json_out = args.json_out or "--json" in words
+        words = [w for w in words if w != "--json"]
         if not words:
-            print('reelbot: say what to film, e.g. reelbot demo "a calico cat playing piano" --seconds 4',
-                  file=sys.stderr)
+            print(
+                'reelbot: say what to film, e.g. reelbot demo "a calico cat playing piano" --seconds 4', file=sys.stderr
+            )
             return 1
         text = "/video " + " ".join(words)
-        console_args = ConsoleArgs(as_user="demo", text=text, json_out=args.json_out, attach=tuple(args.attach))
+        console_args = ConsoleArgs(as_user="demo", text=text, json_out=json_out, attach=tuple(args.attach))
     else:
         console_args = ConsoleArgs(
-            as_user=args.as_user, text=args.text, workspace=args.workspace, attach=tuple(args.attach),
-            json_out=args.json_out, no_wait=args.no_wait, request_id=args.request_id, timeout=args.timeout,
+            as_user=args.as_user,
+            text=args.text,
+            workspace=args.workspace,
+            attach=tuple(args.attach),
+            json_out=args.json_out,
+            no_wait=args.no_wait,
+            request_id=args.request_id,
+            timeout=args.timeout,
+            press=args.press,
         )
     try:
         return asyncio.run(run_console(settings, console_args))
@@ -113,8 +125,12 @@ async def serve(settings: Settings) -> int:
         for adapter in adapters:
             await adapter.start()
         await app.worker.start()
-        log.info("reelbot is serving: %s; provider %s; data in %s",
-                 ", ".join(a.platform for a in adapters), app.provider.name, settings.data_dir)
+        log.info(
+            "reelbot is serving: %s; provider %s; data in %s",
+            ", ".join(a.platform for a in adapters),
+            app.provider.name,
+            settings.data_dir,
+        )
         await stop.wait()
     finally:
         for adapter in adapters:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
+from bot.consent import enable_cameos
 from bot.core import CorePolicy, ReelBot
 from bot.providers.base import VideoProvider
 from bot.store import Store
@@ -48,6 +49,7 @@ async def build_app(settings: Settings, *, provider: VideoProvider | None = None
     store = await Store.open(settings.db_path)
     provider = provider or build_provider(settings)
     bot = ReelBot(store=store, provider=provider, policy=CorePolicy.from_settings(settings))
+    enable_cameos(bot, data_dir=data_dir)
     worker = Worker(
         bot=bot,
         clips_dir=settings.clips_dir,
@@ -60,6 +62,11 @@ async def build_app(settings: Settings, *, provider: VideoProvider | None = None
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret, for log redaction."""
-    values = [settings.openai_api_key, settings.slack_bot_token, settings.slack_app_token,
-              settings.slack_signing_secret, settings.discord_bot_token]
+    values = [
+        settings.openai_api_key,
+        settings.slack_bot_token,
+        settings.slack_app_token,
+        settings.slack_signing_secret,
+        settings.discord_bot_token,
+    ]
     return [v.get_secret_value() for v in values if v is not None]

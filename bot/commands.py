@@ -30,8 +30,20 @@ PORTRAIT, LANDSCAPE = "720x1280", "1280x720"
 FLAGS = ("--model", "--pro", "--seconds", "--size", "--portrait", "--landscape", "--cameo")
 _VALUE_FLAGS = frozenset({"--model", "--seconds", "--size", "--cameo"})
 CAMEO_ACTIONS = frozenset(
-    {"register", "confirm", "audience", "allow", "disallow", "forbid", "unforbid", "revoke", "status",
-     "history", "approve", "deny"}
+    {
+        "register",
+        "confirm",
+        "audience",
+        "allow",
+        "disallow",
+        "forbid",
+        "unforbid",
+        "revoke",
+        "status",
+        "history",
+        "approve",
+        "deny",
+    }
 )
 SUBCOMMANDS = ("help", "budget", "jobs", "cancel", "retry", "admin", "cameo")
 USAGE = "/video PROMPT [--pro] [--seconds 4|8|12] [--size WxH] [--portrait|--landscape] [--cameo @name]"
@@ -116,8 +128,15 @@ class CameoCommand:
 
 
 Command = (
-    VideoCommand | HelpCommand | BudgetCommand | JobsCommand | CancelCommand | RetryCommand
-    | AdminBudgetCommand | AdminUsageCommand | CameoCommand
+    VideoCommand
+    | HelpCommand
+    | BudgetCommand
+    | JobsCommand
+    | CancelCommand
+    | RetryCommand
+    | AdminBudgetCommand
+    | AdminUsageCommand
+    | CameoCommand
 )
 
 
@@ -130,9 +149,7 @@ class _Token:
 def clean_text(text: str) -> str:
     """Normalises what a person typed, refusing characters that hide what is rendered."""
     if len(text) > MAX_TEXT_CHARS:
-        raise CommandError(
-            f"That message is {len(text):,} characters; a prompt may have at most {MAX_PROMPT_CHARS:,}."
-        )
+        raise CommandError(f"That message is {len(text):,} characters; a prompt may have at most {MAX_PROMPT_CHARS:,}.")
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
     if any(ch in _BIDI_CONTROLS for ch in text):
         raise CommandError(
@@ -247,7 +264,7 @@ def parse_video(text: str, rules: CommandRules) -> VideoCommand:
     if "--size" in flags:
         size = _parse_size(flags["--size"])
         width, height = (int(n) for n in size.split("x"))
-        if "--portrait" in flags and width > height or "--landscape" in flags and height > width:
+        if ("--portrait" in flags and width > height) or ("--landscape" in flags and height > width):
             raise CommandError(f"--size {size} contradicts the orientation flag; use one of them.")
     elif "--portrait" in flags:
         size = PORTRAIT
@@ -266,8 +283,12 @@ def parse_video(text: str, rules: CommandRules) -> VideoCommand:
 
 
 def _example(flag: str) -> str:
-    return {"--model": "--model sora-2-pro", "--seconds": "--seconds 8", "--size": "--size 720x1280",
-            "--cameo": "--cameo @alice"}[flag]
+    return {
+        "--model": "--model sora-2-pro",
+        "--seconds": "--seconds 8",
+        "--size": "--size 720x1280",
+        "--cameo": "--cameo @alice",
+    }[flag]
 
 
 def _parse_amount(raw: str) -> Decimal:

@@ -18,7 +18,7 @@ Period = Literal["day", "week", "month"]
 ProviderName = Literal["local", "openai"]
 
 
-def _env(name: str, **kwargs):  # noqa: ANN202 - a Field factory
+def _env(name: str, **kwargs):
     return Field(validation_alias=AliasChoices(name), **kwargs)
 
 
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
 
     @field_validator("provider", "budget_period", "log_level", mode="before")
     @classmethod
-    def _lower_or_upper(cls, value: object, info) -> object:  # noqa: ANN001
+    def _lower_or_upper(cls, value: object, info) -> object:
         if isinstance(value, str):
             return value.upper() if info.field_name == "log_level" else value.strip().lower()
         return value
@@ -138,8 +138,11 @@ def _describe(error: dict) -> str:
     else:
         message = message if message.startswith("must") else f"must be {message}"
     got = error.get("input")
-    shown = f" (got {got!r})" if isinstance(got, str | int | float) and not str(variable).endswith(
-        ("KEY", "TOKEN", "SECRET")) else ""
+    shown = (
+        f" (got {got!r})"
+        if isinstance(got, str | int | float) and not str(variable).endswith(("KEY", "TOKEN", "SECRET"))
+        else ""
+    )
     return f"{variable}: {message}{shown}"
 
 

@@ -80,12 +80,15 @@ class Reply:
         private: show only to the requester (Slack ephemeral, Discord ephemeral).
         ok: false for refusals and errors (the terminal adapter exits non-zero).
         job: the job this reply is about, when there is one.
+        actions: buttons to show with the reply, as ``(action_id, label)``; a press comes back
+            through ``ReelBot.press_action``. In the terminal they are typed as commands instead.
     """
 
     text: str
     ok: bool = True
     private: bool = True
     job: Job | None = None
+    actions: tuple[tuple[str, str], ...] = ()
 
 
 def mention(platform: str, user_id: str) -> str:
@@ -144,7 +147,7 @@ class ReelBot:
     def _default_subject(self, platform: str, workspace_id: str) -> str:
         return f"default:{platform}:{workspace_id}"
 
-    async def usage_for(self, platform: str, workspace_id: str, user_id: str):  # noqa: ANN201
+    async def usage_for(self, platform: str, workspace_id: str, user_id: str):
         return await self.store.usage(
             f"{platform}:{workspace_id}:{user_id}",
             self.period(),
@@ -165,7 +168,7 @@ class ReelBot:
         except CommandError as exc:
             return Reply(str(exc), ok=False)
 
-    async def _dispatch(self, command, request: ChatRequest) -> Reply:  # noqa: ANN001
+    async def _dispatch(self, command, request: ChatRequest) -> Reply:
         requester = request.requester
         match command:
             case HelpCommand():
@@ -242,8 +245,12 @@ class ReelBot:
             channel_id=request.channel_id,
             thread_id=request.thread_id,
             prompt=command.prompt,
-            options=JobOptions(command.model, command.size, command.seconds, cameo_check.owner_key
-                               if cameo_check is not None and cameo_check.owner_key else None),
+            options=JobOptions(
+                command.model,
+                command.size,
+                command.seconds,
+                cameo_check.owner_key if cameo_check is not None and cameo_check.owner_key else None,
+            ),
             state=JobState.RECEIVED,
             cost_micros=cost,
             created_at=now,
@@ -263,7 +270,10 @@ class ReelBot:
 
     def _fit(self, image: InputFile, size: str) -> ReferenceImage:
         return fit_reference(
-            image.data, declared_type=image.content_type, filename=image.filename, size=size,
+            image.data,
+            declared_type=image.content_type,
+            filename=image.filename,
+            size=size,
             max_bytes=MAX_ATTACHMENT_BYTES,
         )
 
@@ -352,11 +362,17 @@ class ReelBot:
         job = await self.store.get_job(job_id)
         if job is None or job.platform != requester.platform:
             return Reply(f"There is no job {job_id[:40]} here.", ok=False)
-        command = VideoCommand(job.prompt, job.options.model, job.options.size, job.options.seconds,
-                               cameo=self._cameo_handle(job))
+        command = VideoCommand(
+            job.prompt, job.options.model, job.options.size, job.options.seconds, cameo=self._cameo_handle(job)
+        )
         reference = self._load_reference(job)
-        request = ChatRequest(requester=requester, request_key=request_key, channel_id=job.channel_id,
-                              thread_id=job.thread_id or job.card_ref)
+        request = ChatRequest(
+            requester=requester,
+            request_key=request_key,
+            channel_id=job.channel_id,
+            text=job.prompt,
+            thread_id=job.thread_id or job.card_ref,
+        )
         return await self.request_video(command, request, reference=reference)
 
     async def remix(self, requester: Requester, job_id: str, prompt: str, request_key: str) -> Reply:
@@ -372,10 +388,16 @@ class ReelBot:
             return Reply(str(exc), ok=False)
         if not isinstance(command, VideoCommand):
             return Reply("A remix needs a prompt that says what to change.", ok=False)
-        command = VideoCommand(command.prompt, job.options.model, job.options.size, job.options.seconds,
-                               cameo=self._cameo_handle(job))
-        request = ChatRequest(requester=requester, request_key=request_key, channel_id=job.channel_id,
-                              thread_id=job.thread_id or job.card_ref)
+        command = VideoCommand(
+            command.prompt, job.options.model, job.options.size, job.options.seconds, cameo=self._cameo_handle(job)
+        )
+        request = ChatRequest(
+            requester=requester,
+            request_key=request_key,
+            channel_id=job.channel_id,
+            text=prompt,
+            thread_id=job.thread_id or job.card_ref,
+        )
         return await self.request_video(command, request, remix_of=job.provider_video_id)
 
     def _cameo_handle(self, job: Job) -> str | None:
@@ -391,6 +413,12 @@ class ReelBot:
             return None
         content_type = {v: k for k, v in _EXTENSIONS.items()}.get(path.suffix.lstrip("."), "image/png")
         return ReferenceImage(path.read_bytes(), content_type, path.name)
+
+    async def press_action(self, requester: Requester, action_id: str) -> Reply:
+        """A button from ``Reply.actions`` or a direct message was pressed (e.g. ``cameo_approve:REQ``)."""
+        if action_id.startswith("cameo_") and self.cameos is not None:
+            return await self.cameos.press(requester, action_id)
+        return Reply("That button is no longer available.", ok=False)
 
     async def refresh_card(self, job: Job) -> None:
         delivery = self.deliveries.get(job.platform)

@@ -89,7 +89,8 @@ class Delivery(Protocol):
         """Deletes one of the bot's own messages (used when a cameo is revoked)."""
         ...
 
-    async def direct_message(self, workspace_id: str, user_id: str, text: str,
-                             actions: tuple[tuple[str, str], ...] = ()) -> str | None:
+    async def direct_message(
+        self, workspace_id: str, user_id: str, text: str, actions: tuple[tuple[str, str], ...] = ()
+    ) -> str | None:
         """Sends a private message with optional buttons ``(action_id, label)``; returns its ref."""
         ...

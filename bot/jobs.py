@@ -38,9 +38,7 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED, JobState.REFUSED})
-ACTIVE_STATES = frozenset(
-    {JobState.SUBMITTING, JobState.RENDERING, JobState.DOWNLOADING, JobState.DELIVERING}
-)
+ACTIVE_STATES = frozenset({JobState.SUBMITTING, JobState.RENDERING, JobState.DOWNLOADING, JobState.DELIVERING})
 # States the worker drives forward after a restart.
 RESUMABLE_STATES = ACTIVE_STATES | {JobState.QUEUED}
 

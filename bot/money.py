@@ -59,6 +59,11 @@ def micros_to_decimal(micros: int) -> Decimal:
     return Decimal(micros) / MICROS_PER_USD
 
 
+def usd_string(micros: int) -> str:
+    """``"2.40"``: a plain decimal string for machine-readable output (never a float)."""
+    return format_usd(micros).lstrip("$").replace(",", "")
+
+
 def format_usd(micros: int) -> str:
     """``$1.20`` style: cents always shown, extra digits only when they carry value."""
     amount = micros_to_decimal(micros)

@@ -102,6 +102,61 @@ _MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 2: likeness consent. The audit is append-only: triggers refuse updates and deletes.
+    """
+    CREATE TABLE cameos (
+        owner_key TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        workspace_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('unconfirmed', 'active', 'revoked')),
+        audience TEXT NOT NULL DEFAULT 'only_me'
+            CHECK (audience IN ('only_me', 'approved', 'workspace', 'everyone')),
+        asset_path TEXT,
+        asset_hash TEXT,
+        asset_kind TEXT,
+        likeness_path TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX cameos_by_user ON cameos(platform, user_id);
+    CREATE TABLE cameo_allowed (
+        owner_key TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (owner_key, user_key)
+    );
+    CREATE TABLE cameo_forbidden (
+        owner_key TEXT NOT NULL,
+        word TEXT NOT NULL,
+        PRIMARY KEY (owner_key, word)
+    );
+    CREATE TABLE consent_requests (
+        id TEXT PRIMARY KEY,
+        owner_key TEXT NOT NULL,
+        requester_key TEXT NOT NULL,
+        job_id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'withdrawn')),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        decided_at REAL
+    );
+    CREATE INDEX consent_pending ON consent_requests(status, expires_at);
+    CREATE TABLE cameo_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        owner_key TEXT NOT NULL,
+        actor_key TEXT NOT NULL,
+        action TEXT NOT NULL,
+        job_id TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX cameo_audit_by_owner ON cameo_audit(owner_key, id);
+    CREATE TRIGGER cameo_audit_no_update BEFORE UPDATE ON cameo_audit
+        BEGIN SELECT RAISE(ABORT, 'the cameo audit is append-only'); END;
+    CREATE TRIGGER cameo_audit_no_delete BEFORE DELETE ON cameo_audit
+        BEGIN SELECT RAISE(ABORT, 'the cameo audit is append-only'); END
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -112,8 +167,20 @@ _JOB_COLUMNS = (
 )
 _UPDATABLE = frozenset(
     {
-        "thread_id", "state", "provider", "provider_video_id", "progress", "card_ref", "clip_path",
-        "delivered_ref", "error", "tries", "cancel_requested", "reference_path", "user_name", "started_at",
+        "thread_id",
+        "state",
+        "provider",
+        "provider_video_id",
+        "progress",
+        "card_ref",
+        "clip_path",
+        "delivered_ref",
+        "error",
+        "tries",
+        "cancel_requested",
+        "reference_path",
+        "user_name",
+        "started_at",
     }
 )
 
@@ -195,7 +262,7 @@ def _row_to_job(row: aiosqlite.Row) -> Job:
 class Store:
     """The SQLite store. Open with ``await Store.open(path)``; close with ``await store.close()``."""
 
-    def __init__(self, *, db: aiosqlite.Connection, path: Path, clock=time.time) -> None:  # noqa: ANN001
+    def __init__(self, *, db: aiosqlite.Connection, path: Path, clock=time.time) -> None:
         self._db = db
         self.path = path
         self._clock = clock
@@ -206,7 +273,7 @@ class Store:
     # --- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, clock=time.time) -> Store:  # noqa: ANN001
+    async def open(cls, path: Path, *, clock=time.time) -> Store:
         """Opens (creating owner-only where new) the database and applies pending migrations."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
@@ -280,12 +347,36 @@ class Store:
             The stored job and whether this call created it.
         """
         values = (
-            job.id, job.request_key, job.platform, job.workspace_id, job.user_id, job.user_name,
-            job.channel_id, job.thread_id, job.prompt, job.options.model, job.options.size,
-            job.options.seconds, job.options.cameo, job.state.value, job.cost_micros, job.budget_period,
-            job.provider, job.provider_video_id, job.progress, job.card_ref, job.clip_path,
-            job.delivered_ref, job.error, job.tries, int(job.cancel_requested), job.remix_of,
-            job.reference_path, job.created_at, job.updated_at, job.started_at,
+            job.id,
+            job.request_key,
+            job.platform,
+            job.workspace_id,
+            job.user_id,
+            job.user_name,
+            job.channel_id,
+            job.thread_id,
+            job.prompt,
+            job.options.model,
+            job.options.size,
+            job.options.seconds,
+            job.options.cameo,
+            job.state.value,
+            job.cost_micros,
+            job.budget_period,
+            job.provider,
+            job.provider_video_id,
+            job.progress,
+            job.card_ref,
+            job.clip_path,
+            job.delivered_ref,
+            job.error,
+            job.tries,
+            int(job.cancel_requested),
+            job.remix_of,
+            job.reference_path,
+            job.created_at,
+            job.updated_at,
+            job.started_at,
         )
         async with self._tx():
             cursor = await self._db.execute(
@@ -573,3 +664,234 @@ class Store:
                 "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
                 (self._clock(), actor, action, subject, detail),
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Cameo:
+    owner_key: str
+    platform: str
+    workspace_id: str
+    user_id: str
+    display_name: str
+    status: str
+    audience: str
+    asset_path: str | None
+    asset_hash: str | None
+    asset_kind: str | None
+    likeness_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRequest:
+    id: str
+    owner_key: str
+    requester_key: str
+    job_id: str
+    status: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CameoEvent:
+    at: float
+    actor_key: str
+    action: str
+    job_id: str | None
+    detail: str
+
+
+def _cameo(row: aiosqlite.Row) -> Cameo:
+    return Cameo(*(row[name] for name in Cameo.__slots__))
+
+
+def _consent(row: aiosqlite.Row) -> ConsentRequest:
+    return ConsentRequest(*(row[name] for name in ConsentRequest.__slots__))
+
+
+class CameoStore:
+    """The consent tables, on the same connection and lock as ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    async def get(self, owner_key: str) -> Cameo | None:
+        row = await self._s._read_one("SELECT * FROM cameos WHERE owner_key = ?", (owner_key,))
+        return _cameo(row) if row else None
+
+    async def find(self, platform: str, user_id: str, workspace_id: str) -> Cameo | None:
+        """The cameo of ``user_id`` on ``platform``, preferring the asker's own workspace."""
+        row = await self._s._read_one(
+            "SELECT * FROM cameos WHERE platform = ? AND user_id = ? ORDER BY workspace_id = ? DESC, "
+            "status = 'active' DESC LIMIT 1",
+            (platform, user_id, workspace_id),
+        )
+        return _cameo(row) if row else None
+
+    async def save(self, cameo: Cameo, *, actor_key: str, action: str, detail: str = "") -> None:
+        """Inserts or replaces the cameo row and appends an audit event, in one transaction."""
+        now = self._s._clock()
+        async with self._s._tx():
+            await self._s._db.execute(
+                "INSERT INTO cameos (owner_key, platform, workspace_id, user_id, display_name, status, audience, "
+                "asset_path, asset_hash, asset_kind, likeness_path, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner_key) DO UPDATE SET "
+                "display_name = excluded.display_name, status = excluded.status, audience = excluded.audience, "
+                "asset_path = excluded.asset_path, asset_hash = excluded.asset_hash, "
+                "asset_kind = excluded.asset_kind, likeness_path = excluded.likeness_path, "
+                "updated_at = excluded.updated_at",
+                (
+                    cameo.owner_key,
+                    cameo.platform,
+                    cameo.workspace_id,
+                    cameo.user_id,
+                    cameo.display_name,
+                    cameo.status,
+                    cameo.audience,
+                    cameo.asset_path,
+                    cameo.asset_hash,
+                    cameo.asset_kind,
+                    cameo.likeness_path,
+                    now,
+                    now,
+                ),
+            )
+            await self._append(cameo.owner_key, actor_key, action, None, detail, now)
+
+    async def _append(
+        self, owner_key: str, actor_key: str, action: str, job_id: str | None, detail: str, now: float
+    ) -> None:
+        await self._s._db.execute(
+            "INSERT INTO cameo_audit (at, owner_key, actor_key, action, job_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (now, owner_key, actor_key, action, job_id, detail),
+        )
+
+    async def log(
+        self, owner_key: str, actor_key: str, action: str, *, job_id: str | None = None, detail: str = ""
+    ) -> None:
+        async with self._s._tx():
+            await self._append(owner_key, actor_key, action, job_id, detail, self._s._clock())
+
+    async def history(self, owner_key: str, limit: int = 200) -> list[CameoEvent]:
+        rows = await self._s._read_all(
+            "SELECT at, actor_key, action, job_id, detail FROM cameo_audit WHERE owner_key = ? ORDER BY id DESC "
+            "LIMIT ?",
+            (owner_key, limit),
+        )
+        return [CameoEvent(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def set_allowed(self, owner_key: str, user_key: str, allowed: bool, *, actor_key: str) -> None:
+        async with self._s._tx():
+            if allowed:
+                await self._s._db.execute(
+                    "INSERT OR IGNORE INTO cameo_allowed (owner_key, user_key) VALUES (?, ?)", (owner_key, user_key)
+                )
+            else:
+                await self._s._db.execute(
+                    "DELETE FROM cameo_allowed WHERE owner_key = ? AND user_key = ?", (owner_key, user_key)
+                )
+            await self._append(
+                owner_key, actor_key, "allowed" if allowed else "disallowed", None, user_key, self._s._clock()
+            )
+
+    async def is_allowed(self, owner_key: str, user_key: str) -> bool:
+        row = await self._s._read_one(
+            "SELECT 1 FROM cameo_allowed WHERE owner_key = ? AND user_key = ?", (owner_key, user_key)
+        )
+        return row is not None
+
+    async def allowed_users(self, owner_key: str) -> list[str]:
+        rows = await self._s._read_all(
+            "SELECT user_key FROM cameo_allowed WHERE owner_key = ? ORDER BY 1", (owner_key,)
+        )
+        return [r[0] for r in rows]
+
+    async def set_forbidden(self, owner_key: str, words: list[str], forbidden: bool, *, actor_key: str) -> None:
+        async with self._s._tx():
+            for word in words:
+                if forbidden:
+                    await self._s._db.execute(
+                        "INSERT OR IGNORE INTO cameo_forbidden (owner_key, word) VALUES (?, ?)", (owner_key, word)
+                    )
+                else:
+                    await self._s._db.execute(
+                        "DELETE FROM cameo_forbidden WHERE owner_key = ? AND word = ?", (owner_key, word)
+                    )
+            await self._append(
+                owner_key,
+                actor_key,
+                "forbidden_words" if forbidden else "unforbidden_words",
+                None,
+                " ".join(words),
+                self._s._clock(),
+            )
+
+    async def forbidden_words(self, owner_key: str) -> list[str]:
+        rows = await self._s._read_all("SELECT word FROM cameo_forbidden WHERE owner_key = ? ORDER BY 1", (owner_key,))
+        return [r[0] for r in rows]
+
+    async def add_request(self, request: ConsentRequest) -> None:
+        async with self._s._tx():
+            await self._s._db.execute(
+                "INSERT INTO consent_requests (id, owner_key, requester_key, job_id, status, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    request.id,
+                    request.owner_key,
+                    request.requester_key,
+                    request.job_id,
+                    request.created_at,
+                    request.expires_at,
+                ),
+            )
+            await self._append(
+                request.owner_key,
+                request.requester_key,
+                "consent_requested",
+                request.job_id,
+                request.id,
+                request.created_at,
+            )
+
+    async def get_request(self, request_id: str) -> ConsentRequest | None:
+        row = await self._s._read_one("SELECT * FROM consent_requests WHERE id = ?", (request_id,))
+        return _consent(row) if row else None
+
+    async def request_for_job(self, job_id: str) -> ConsentRequest | None:
+        row = await self._s._read_one("SELECT * FROM consent_requests WHERE job_id = ?", (job_id,))
+        return _consent(row) if row else None
+
+    async def decide(self, request_id: str, status: str, *, actor_key: str) -> ConsentRequest | None:
+        """Moves a pending request to ``status``; None when it was no longer pending."""
+        now = self._s._clock()
+        async with self._s._tx():
+            cursor = await self._s._db.execute(
+                "UPDATE consent_requests SET status = ?, decided_at = ? WHERE id = ? AND status = 'pending'",
+                (status, now, request_id),
+            )
+            row = await self._s._one("SELECT * FROM consent_requests WHERE id = ?", (request_id,))
+            if cursor.rowcount == 1 and row is not None:
+                await self._append(row["owner_key"], actor_key, status, row["job_id"], request_id, now)
+        return _consent(row) if cursor.rowcount == 1 and row is not None else None
+
+    async def pending(
+        self, owner_key: str | None = None, *, expired_before: float | None = None
+    ) -> list[ConsentRequest]:
+        sql = "SELECT * FROM consent_requests WHERE status = 'pending'"
+        params: list[Any] = []
+        if owner_key is not None:
+            sql += " AND owner_key = ?"
+            params.append(owner_key)
+        if expired_before is not None:
+            sql += " AND expires_at < ?"
+            params.append(expired_before)
+        rows = await self._s._read_all(sql + " ORDER BY created_at", params)
+        return [_consent(r) for r in rows]
+
+    async def jobs_using(self, owner_key: str, states: Iterable[JobState]) -> list[Job]:
+        values = [s.value for s in states]
+        rows = await self._s._read_all(
+            f"SELECT * FROM jobs WHERE cameo = ? AND state IN ({', '.join('?' * len(values))}) ORDER BY created_at",
+            (owner_key, *values),
+        )
+        return [_row_to_job(r) for r in rows]

@@ -57,7 +57,8 @@ def status_text(job: Job, queue_position: int | None = None) -> str:
         case JobState.DELIVERING:
             return "Uploading"
         case JobState.UNDELIVERED:
-            return f"Rendered, but not delivered: {job.error or 'upload failed'}. Press Retry or `/video retry {job.id}`"
+            reason = job.error or "upload failed"
+            return f"Rendered, but not delivered: {reason}. Press Retry or `/video retry {job.id}`"
         case JobState.DELIVERED:
             return "Delivered"
         case JobState.FAILED:

@@ -70,6 +70,7 @@ class Worker:
         self._positions: dict[str, int] = {}
         self._event = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._rng = random.Random()
         bot.on_new_work(self.wake)
 
@@ -78,11 +79,13 @@ class Worker:
     async def start(self) -> None:
         """Starts scheduling; unfinished jobs found in the store are resumed on the first pass."""
         self.clips_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._stopping = False
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="reelbot-worker")
 
     async def stop(self) -> None:
         """Stops driving jobs. They stay in their stored state and resume at the next start."""
+        self._stopping = True
         tasks = [t for t in (self._loop_task, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -114,10 +117,13 @@ class Worker:
                         return job
                 await asyncio.sleep(interval)
 
-        return await asyncio.wait_for(_wait(), timeout)
+        async with asyncio.timeout(timeout):
+            return await _wait()
 
     async def _loop(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+        # as the event fires, and the loop would never stop.
+        while not self._stopping:
             try:
                 await self._schedule()
             except asyncio.CancelledError:
@@ -125,7 +131,8 @@ class Worker:
             except Exception:
                 log.exception("worker scheduling pass failed; trying again")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), self.tick_seconds)
+                async with asyncio.timeout(self.tick_seconds):
+                    await self._event.wait()
             self._event.clear()
 
     # --- scheduling ------------------------------------------------------------------------
@@ -134,6 +141,8 @@ class Worker:
         platforms = list(self.bot.deliveries)
         if not platforms:
             return
+        if self.bot.cameos is not None:
+            await self.bot.cameos.expire_pending()
         states = [*ACTIVE_STATES, JobState.QUEUED, JobState.RECEIVED]
         jobs = await self.store.jobs_in_states(states, platforms)
         now = self.bot.clock()
@@ -195,8 +204,11 @@ class Worker:
                 job = await self.store.get_job(job_id)
                 if job is None or job.state.is_final or job.state is JobState.UNDELIVERED:
                     break
-                if job.cancel_requested and job.state in (JobState.SUBMITTING, JobState.RENDERING,
-                                                          JobState.DOWNLOADING):
+                if job.cancel_requested and job.state in (
+                    JobState.SUBMITTING,
+                    JobState.RENDERING,
+                    JobState.DOWNLOADING,
+                ):
                     await self._cancel(job)
                     break
                 match job.state:
@@ -252,12 +264,22 @@ class Worker:
             await self._provider_trouble(job, exc, "submit")
             return
         await self.store.update_job(
-            job.id, state=JobState.RENDERING, provider_video_id=video.id, progress=video.progress,
+            job.id,
+            state=JobState.RENDERING,
+            provider_video_id=video.id,
+            progress=video.progress,
             expect=[JobState.SUBMITTING],
         )
         await self.store.renew_lease(job.id, self.owner, self.lease_seconds)
 
     async def _provider_trouble(self, job: Job, exc: ProviderError, step: str) -> None:
+        if step == "submit" and exc.ambiguous:
+            # The service may have started (and will bill) a render we never heard back about:
+            # sending it again could pay twice, so the job ends here, unbilled for the person.
+            await self._fail(
+                job, "The video service stopped answering while the render was being started. Please ask again."
+            )
+            return
         tries = job.tries + 1
         if exc.retryable and tries < self.max_submit_tries:
             await self.store.update_job(job.id, tries=tries)
@@ -297,8 +319,9 @@ class Worker:
             if current.cancel_requested:
                 return  # _drive sees the flag and cancels
             if video.status is VideoStatus.COMPLETED:
-                await self.store.update_job(job.id, state=JobState.DOWNLOADING, progress=100,
-                                            expect=[JobState.RENDERING])
+                await self.store.update_job(
+                    job.id, state=JobState.DOWNLOADING, progress=100, expect=[JobState.RENDERING]
+                )
                 return
             if video.status is VideoStatus.FAILED:
                 error = video.error or ProviderError(ErrorKind.SERVER, "failed without a reason")
@@ -332,8 +355,9 @@ class Worker:
             await self._fail(job, f"The finished clip was broken ({exc}).")
             return
         self._fresh_deliveries.add(job.id)
-        job = await self.store.update_job(job.id, state=JobState.DELIVERING, clip_path=str(dest),
-                                          expect=[JobState.DOWNLOADING])
+        job = await self.store.update_job(
+            job.id, state=JobState.DELIVERING, clip_path=str(dest), expect=[JobState.DOWNLOADING]
+        )
         await self._card(job, force=True)
 
     async def _deliver(self, job: Job) -> None:
@@ -361,20 +385,25 @@ class Worker:
                     continue
                 await self._undelivered(delivery, job, exc.user_message)
                 return
-        finished = await self.store.finish_job(job.id, JobState.DELIVERED, delivered_ref=ref,
-                                               expect=[JobState.DELIVERING])
+        finished = await self.store.finish_job(
+            job.id, JobState.DELIVERED, delivered_ref=ref, expect=[JobState.DELIVERING]
+        )
         if finished is not None:
             await self._card(finished, force=True)
             if self.bot.cameos is not None:
                 await self.bot.cameos.record_use(finished)
 
     async def _undelivered(self, delivery: Delivery, job: Job, reason: str) -> None:
-        job = await self.store.update_job(job.id, state=JobState.UNDELIVERED, error=reason,
-                                          expect=[JobState.DELIVERING])
+        job = await self.store.update_job(
+            job.id, state=JobState.UNDELIVERED, error=reason, expect=[JobState.DELIVERING]
+        )
         await self._card(job, force=True)
         with contextlib.suppress(DeliveryError):
-            await delivery.notify(job, f"Your clip for job {job.id} is ready but I could not post it: {reason} "
-                                       f"Use `/video retry {job.id}` to try again; you will be charged once.")
+            await delivery.notify(
+                job,
+                f"Your clip for job {job.id} is ready but I could not post it: {reason} "
+                f"Use `/video retry {job.id}` to try again; you will be charged once.",
+            )
 
     async def _cancel(self, job: Job) -> None:
         if job.provider_video_id:

@@ -159,8 +159,27 @@ def test_parser_raises_only_its_own_error(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["--pro", "--seconds", "8", "--size", "720x1280", "--model", "sora-2", "--portrait",
-                         "--landscape", "--cameo", "@al", '"', "cat", "—pro", "--", "=", "--seconds=4"]),
+        st.sampled_from(
+            [
+                "--pro",
+                "--seconds",
+                "8",
+                "--size",
+                "720x1280",
+                "--model",
+                "sora-2",
+                "--portrait",
+                "--landscape",
+                "--cameo",
+                "@al",
+                '"',
+                "cat",
+                "—pro",
+                "--",
+                "=",
+                "--seconds=4",
+            ]
+        ),
         max_size=30,
     )
 )

@@ -17,10 +17,20 @@ from bot.store import Store, StoreError, new_job_id
 def make_job(user: str = "alice", key: str | None = None, cost: int = 400_000) -> Job:
     now = time.time()
     return Job(
-        id=new_job_id(), request_key=key or new_job_id(), platform="console", workspace_id="w", user_id=user,
-        user_name=f"@{user}", channel_id="c", thread_id=None, prompt="a cat",
-        options=JobOptions("sora-2", "1280x720", 4), state=JobState.RECEIVED, cost_micros=cost,
-        created_at=now, updated_at=now,
+        id=new_job_id(),
+        request_key=key or new_job_id(),
+        platform="console",
+        workspace_id="w",
+        user_id=user,
+        user_name=f"@{user}",
+        channel_id="c",
+        thread_id=None,
+        prompt="a cat",
+        options=JobOptions("sora-2", "1280x720", 4),
+        state=JobState.RECEIVED,
+        cost_micros=cost,
+        created_at=now,
+        updated_at=now,
     )
 
 
@@ -32,8 +42,13 @@ async def store(tmp_path: Path):
 
 
 async def admit(store: Store, job: Job, limit: int = 10_000_000):
-    return await store.admit(job.id, period="2026-11", default_subject="default:console:w",
-                             fallback_limit=limit, queued_state=JobState.QUEUED)
+    return await store.admit(
+        job.id,
+        period="2026-11",
+        default_subject="default:console:w",
+        fallback_limit=limit,
+        queued_state=JobState.QUEUED,
+    )
 
 
 async def test_files_are_owner_only_and_migrations_are_versioned(tmp_path: Path) -> None:
@@ -107,8 +122,9 @@ async def test_concurrent_admission_across_two_connections(tmp_path: Path) -> No
     a, b = await Store.open(path), await Store.open(path)
     try:
         jobs = [(await a.insert_job(make_job()))[0] for _ in range(20)]
-        results = await asyncio.gather(*(admit(a if i % 2 else b, job, limit=5 * 400_000)
-                                          for i, job in enumerate(jobs)))
+        results = await asyncio.gather(
+            *(admit(a if i % 2 else b, job, limit=5 * 400_000) for i, job in enumerate(jobs))
+        )
         assert sum(r.admitted for r in results) == 5
     finally:
         await a.close()
@@ -136,8 +152,9 @@ async def test_update_with_expected_state_refuses_a_stale_transition(store: Stor
     job, _ = await store.insert_job(make_job())
     with pytest.raises(StoreError):
         await store.update_job(job.id, state=JobState.RENDERING, expect=[JobState.SUBMITTING])
-    updated = await store.update_job(job.id, state=JobState.RENDERING, provider_video_id="v1",
-                                     expect=[JobState.RECEIVED])
+    updated = await store.update_job(
+        job.id, state=JobState.RENDERING, provider_video_id="v1", expect=[JobState.RECEIVED]
+    )
     assert updated.provider_video_id == "v1"
 
 

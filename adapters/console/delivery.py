@@ -23,14 +23,19 @@ class ConsoleDelivery:
     platform = "console"
     min_update_interval = 0.25
 
-    def __init__(self, *, out: Console | None = None, progress_console: Console | None = None,
-                 quiet: bool = False) -> None:
+    def __init__(
+        self, *, out: Console | None = None, progress_console: Console | None = None, quiet: bool = False
+    ) -> None:
         self.out = out or Console(highlight=False, soft_wrap=True)
         self.quiet = quiet
         self.posts: list[str] = []
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), console=progress_console or Console(stderr=True), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=progress_console or Console(stderr=True),
+            transient=True,
         )
         self._tasks: dict[str, TaskID] = {}
 
@@ -40,8 +45,9 @@ class ConsoleDelivery:
             self.out.print(text, markup=False)
 
     async def post_card(self, job: Job, card: CardView) -> str:
-        self._say(f"{card.title}: {card.prompt!r} · {card.settings} · {card.cost} · for {card.requester} · "
-                  f"{card.status}")
+        self._say(
+            f"{card.title}: {card.prompt!r} · {card.settings} · {card.cost} · for {card.requester} · {card.status}"
+        )
         return f"card:{job.id}"
 
     async def update_card(self, job: Job, card: CardView) -> None:
@@ -54,8 +60,7 @@ class ConsoleDelivery:
             if not self._tasks:
                 self._progress.start()
             self._tasks[job.id] = self._progress.add_task(f"job {job.id}", total=100)
-        self._progress.update(self._tasks[job.id], completed=card.progress,
-                              description=f"job {job.id}: {card.status}")
+        self._progress.update(self._tasks[job.id], completed=card.progress, description=f"job {job.id}: {card.status}")
 
     def stop_progress(self, job_id: str) -> None:
         task = self._tasks.pop(job_id, None)
@@ -87,8 +92,9 @@ class ConsoleDelivery:
     async def delete_message(self, job: Job, ref: str) -> None:
         self._say(f"(deleted {ref})")
 
-    async def direct_message(self, workspace_id: str, user_id: str, text: str,
-                             actions: tuple[tuple[str, str], ...] = ()) -> str | None:
+    async def direct_message(
+        self, workspace_id: str, user_id: str, text: str, actions: tuple[tuple[str, str], ...] = ()
+    ) -> str | None:
         buttons = "  ".join(f"[{label}]" for _, label in actions)
         self._say(f"(direct message to @{user_id}) {text} {buttons}".rstrip())
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import sys
@@ -15,8 +16,8 @@ from adapters.console.delivery import ConsoleDelivery
 from bot.app import build_app
 from bot.config import Settings
 from bot.core import MAX_ATTACHMENT_BYTES
-from bot.jobs import ChatRequest, InputFile, JobState, Requester
-from bot.money import micros_to_decimal
+from bot.jobs import RESUMABLE_STATES, ChatRequest, InputFile, JobState, Requester
+from bot.money import usd_string
 
 DEFAULT_WORKSPACE = "local"
 
@@ -31,6 +32,7 @@ class ConsoleArgs:
     no_wait: bool = False
     request_id: str | None = None
     timeout: float | None = None
+    press: str | None = None
 
 
 class AttachmentError(ValueError):
@@ -50,7 +52,7 @@ def read_attachment(path: Path) -> InputFile:
 def strip_command(text: str) -> str:
     stripped = text.strip()
     if stripped.lower().startswith("/video"):
-        return stripped[len("/video"):].strip()
+        return stripped[len("/video") :].strip()
     return stripped
 
 
@@ -67,6 +69,9 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
     delivery = ConsoleDelivery(out=out)
     app.bot.register(delivery)
     try:
+        unfinished = await app.store.jobs_in_states([*RESUMABLE_STATES, JobState.RECEIVED], ["console"])
+        if unfinished:
+            err.print(f"Resuming {len(unfinished)} unfinished job(s) from an earlier run.")
         await app.worker.start()
         user = args.as_user.lstrip("@")
         requester = Requester(platform="console", workspace_id=args.workspace, user_id=user, display_name=f"@{user}")
@@ -77,11 +82,26 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
             text=strip_command(args.text),
             attachments=attachments,
         )
-        reply = await app.bot.handle(request)
-        out.print(reply.text, markup=False)
+        if args.press:
+            reply = await app.bot.press_action(requester, args.press)
+        else:
+            reply = await app.bot.handle(request)
+        if reply.ok:
+            out.print(reply.text, markup=False)
+        # Buttons become commands in the terminal.
+        for action_id, label in reply.actions:
+            out.print(
+                f"  [{label}] → reelbot console --as {user} --workspace {args.workspace} --press {action_id}",
+                markup=False,
+            )
         job = reply.job
         if job is not None and not args.no_wait and not job.state.is_final:
             job = await app.worker.wait_for(job.id, timeout=args.timeout)
+        if not args.no_wait:
+            for earlier in unfinished:
+                if job is None or earlier.id != job.id:
+                    with contextlib.suppress(TimeoutError):
+                        await app.worker.wait_for(earlier.id, timeout=args.timeout)
         usage = await app.bot.usage_for("console", args.workspace, user)
         created_here = job is not None and job.request_key == request.request_key
         ok = reply.ok and (not created_here or args.no_wait or job.state is JobState.DELIVERED)
@@ -89,15 +109,31 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
         if not ok:
             error = reply.text if not reply.ok or job is None or not job.error else job.error
         return _finish(
-            out, err, args, ok=ok, message=error, job=job, remaining=usage.remaining_micros, reply=reply.text,
+            out,
+            err,
+            args,
+            ok=ok,
+            message=error,
+            job=job,
+            remaining=usage.remaining_micros,
+            reply=reply.text,
         )
     finally:
         delivery.stop_progress("*")
         await app.close()
 
 
-def _finish(out: Console, err: Console, args: ConsoleArgs, *, ok: bool, message: str | None, job=None,  # noqa: ANN001
-            remaining: int | None = None, reply: str | None = None) -> int:
+def _finish(
+    out: Console,
+    err: Console,
+    args: ConsoleArgs,
+    *,
+    ok: bool,
+    message: str | None,
+    job=None,
+    remaining: int | None = None,
+    reply: str | None = None,
+) -> int:
     if not ok and message:
         err.print(f"reelbot: {message.splitlines()[0]}", markup=False)
     if args.json_out:
@@ -105,10 +141,10 @@ def _finish(out: Console, err: Console, args: ConsoleArgs, *, ok: bool, message:
             "ok": ok,
             "job_id": job.id if job is not None else None,
             "state": job.state.value if job is not None else None,
-            "cost_usd": str(micros_to_decimal(job.cost_micros)) if job is not None else None,
+            "cost_usd": usd_string(job.cost_micros) if job is not None else None,
             "clip_path": job.clip_path if job is not None and job.state is JobState.DELIVERED else None,
             "error": None if ok else message,
-            "budget_remaining_usd": str(micros_to_decimal(remaining)) if remaining is not None else None,
+            "budget_remaining_usd": usd_string(remaining) if remaining is not None else None,
             "reply": reply,
         }
         sys.stdout.flush()

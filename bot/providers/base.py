@@ -57,6 +57,8 @@ class ProviderError(Exception):
         detail: the provider's own message (for logs; may be shown after the plain sentence).
         retryable: whether the same call may succeed later.
         retry_after: seconds the provider asked us to wait, when it said.
+        ambiguous: the request may have reached the service before the failure (a read timeout
+            or a reset), so a call that starts a paid render must not simply be sent again.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ProviderError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         status_code: int | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(f"{kind}: {detail}" if detail else str(kind))
         self.kind = kind
@@ -74,6 +77,7 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.status_code = status_code
+        self.ambiguous = ambiguous
 
     @property
     def user_message(self) -> str:

@@ -1,0 +1,540 @@
+"""Checks and conversions for the pictures and clips that pass through reelbot.
+
+Three jobs, all synchronous and CPU-bound (Pillow and PyAV hold the GIL only part of the time):
+callers run them in a thread with ``asyncio.to_thread``.
+
+* ``fit_reference`` turns an attached picture into a ``ReferenceImage`` of exactly the clip size,
+  refusing anything that is not really a JPEG, PNG or WEBP, and refusing decompression bombs
+  before any pixel is decoded.
+* ``probe_clip`` proves a finished clip is a whole, playable video of the size and length that
+  was paid for, with sound, so a broken clip is never delivered.
+* ``shrink_to_fit`` re-encodes a clip under an upload limit (Discord's, for one).
+
+Every refusal is a ``MediaError`` whose text is one sentence fit to show the person who asked.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from PIL import Image, ImageOps
+
+from bot.providers.base import ReferenceImage
+
+log = logging.getLogger(__name__)
+
+#: Pictures above this many pixels are refused before decoding (a 50 MP photo is already huge;
+#: anything bigger is far more likely a decompression bomb than a photo someone took).
+MAX_IMAGE_PIXELS = 50_000_000
+#: A fitted reference stays PNG (lossless) up to this size, else becomes a high-quality JPEG.
+PNG_MAX_BYTES = 8 * 1024 * 1024
+JPEG_QUALITY = 92
+
+ALLOWED_IMAGE_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+_ALLOWED_WORDS = "JPEG, PNG or WEBP"
+
+#: Below this many bits per pixel per frame, H.264 at these sizes turns to mush; shrink instead.
+MIN_BITS_PER_PIXEL = 0.04
+#: Audio bitrate used when re-encoding, and the floor under which a clip is "impossible".
+SHRINK_AUDIO_BPS = 64_000
+SHRINK_LOW_AUDIO_BPS = 32_000
+MIN_VIDEO_BPS = 40_000
+#: The smallest short side a shrunk clip may have; smaller is not worth delivering.
+MIN_SHORT_SIDE = 144
+_SHRINK_ATTEMPTS = 3
+
+
+class MediaError(ValueError):
+    """A picture or clip that reelbot can't use. ``str(error)`` is one sentence for a chat user."""
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"1280x720"`` -> ``(1280, 720)``.
+
+    Raises:
+        MediaError: when ``size`` is not two positive whole numbers joined by ``x``.
+    """
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", size or "")
+    if not match or int(match.group(1)) <= 0 or int(match.group(2)) <= 0:
+        raise MediaError(f"The size {size!r} is not WIDTHxHEIGHT, such as 1280x720.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _megabytes(n: int) -> str:
+    """A byte count for people: ``"8 MB"``, ``"2.5 MB"``, ``"300 KB"``."""
+    if n < 1024 * 1024:
+        return f"{max(1, round(n / 1024))} KB"
+    value = n / (1024 * 1024)
+    text = f"{value:.1f}".removesuffix(".0")
+    return f"{text} MB"
+
+
+# --------------------------------------------------------------------------- images
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The content type of a JPEG, PNG or WEBP image judged from its first bytes, else None.
+
+    Only the magic bytes are looked at, so this is cheap and never decodes anything; it is the
+    gate before Pillow is allowed near the data. Anything else (GIF, HEIC, PDF, text...) is None.
+    """
+    head = bytes(data[:16])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _describe_other(data: bytes) -> str | None:
+    """A few words naming what a refused file really is, when it is something recognisable."""
+    head = bytes(data[:64])
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF"
+    if head.startswith(b"%PDF"):
+        return "a PDF"
+    if head.startswith(b"BM"):
+        return "a BMP"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
+            return "a HEIC photo"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF picture"
+        return "a video"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<svg", b"<?xml")):
+        return "an SVG or XML file"
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        return "a web page"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "a text file"
+
+
+def _display_name(filename: str) -> str:
+    name = Path(filename or "").name.strip() or "The picture"
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _output_name(filename: str, suffix: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename or "").stem).strip("._-")[:60]
+    return f"{stem or 'reference'}.{suffix}"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB pixels, with transparency composited onto white and 16-bit greys scaled, not clipped."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")
+
+
+def _cover(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scales and centre-crops ``img`` to exactly ``width`` x ``height`` (CSS ``object-fit: cover``).
+
+    Same result as ``ImageOps.fit(..., centering=(0.5, 0.5))`` but done as one ``resize`` with a
+    sub-pixel source box and ``reducing_gap``, which is much faster for big photos.
+    """
+    src_w, src_h = img.size
+    scale = max(width / src_w, height / src_h)
+    box_w, box_h = width / scale, height / scale
+    left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+    return img.resize(
+        (width, height),
+        Image.Resampling.LANCZOS,
+        box=(left, top, left + box_w, top + box_h),
+        reducing_gap=3.0,
+    )
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is not a reason to refuse the picture
+        return 1
+
+
+def fit_reference(
+    data: bytes,
+    *,
+    declared_type: str | None,
+    filename: str,
+    size: str,
+    max_bytes: int = 20 * 1024 * 1024,
+    is_likeness: bool = False,
+) -> ReferenceImage:
+    """Checks an attached picture and fits it to exactly ``size`` for use as a reference.
+
+    What the bytes are is decided by their magic bytes and by Pillow, never by ``filename`` or
+    ``declared_type`` (a GIF named ``cat.png`` is still a GIF). The picture is turned upright
+    (EXIF orientation), made RGB (transparency over white), cover-cropped around its centre to
+    the clip size and stored as PNG, or as a high-quality JPEG when the PNG would be too big.
+
+    Args:
+        data: the file as downloaded.
+        declared_type: the platform's content type, only used for logging.
+        filename: the name it was sent with, used in messages and for the output name.
+        size: the clip size, ``"WxH"``.
+        max_bytes: files bigger than this are refused before anything is decoded.
+        is_likeness: marks a registered cameo rather than a plain reference.
+
+    Raises:
+        MediaError: not a JPEG/PNG/WEBP, too big in bytes or in pixels, damaged or truncated.
+    """
+    width, height = parse_size(size)
+    shown = _display_name(filename)
+    if not data:
+        raise MediaError(f"{shown} is empty.")
+    if len(data) > max_bytes:
+        raise MediaError(f"{shown} is {_megabytes(len(data))}; pictures may be at most {_megabytes(max_bytes)}.")
+    content_type = sniff_image_type(data)
+    if content_type is None:
+        what = _describe_other(data)
+        found = f"is {what}, not" if what else "is not"
+        raise MediaError(f"{shown} {found} a picture reelbot can use; please send a {_ALLOWED_WORDS} image.")
+    if declared_type and declared_type.split(";")[0].strip().lower() != content_type:
+        log.info("picture %r was declared %s but is %s", filename, declared_type, content_type)
+
+    try:
+        img = Image.open(io.BytesIO(data), formats=[ALLOWED_IMAGE_TYPES[content_type]])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(shown) from exc
+    except Exception as exc:  # Pillow raises many kinds of error for hostile or broken files
+        raise MediaError(f"{shown} is damaged or not really a {_ALLOWED_WORDS} image.") from exc
+    with img:
+        src_w, src_h = img.size
+        if src_w <= 0 or src_h <= 0 or src_w * src_h > MAX_IMAGE_PIXELS:
+            raise _too_many_pixels(shown)
+        try:
+            # Let the JPEG decoder skip detail we would throw away anyway (1/2, 1/4, 1/8 scale).
+            if img.format in ("JPEG", "MPO"):
+                sideways = _exif_orientation(img) in (5, 6, 7, 8)
+                scale = max(width / (src_h if sideways else src_w), height / (src_w if sideways else src_h))
+                want = (math.ceil(src_w * scale), math.ceil(src_h * scale))
+                img.draft("RGB", want)
+            img.load()
+            upright = ImageOps.exif_transpose(img) or img
+            rgb = _to_rgb(upright)
+            fitted = _cover(rgb, width, height)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_many_pixels(shown) from exc
+        except MemoryError as exc:
+            raise _too_many_pixels(shown) from exc
+        except Exception as exc:  # truncated data, bad chunks, bad EXIF...
+            raise MediaError(f"{shown} is damaged or incomplete; please send the picture again.") from exc
+
+    out = io.BytesIO()
+    fitted.save(out, "PNG", compress_level=6)
+    if out.tell() <= min(PNG_MAX_BYTES, max_bytes):
+        return ReferenceImage(out.getvalue(), "image/png", _output_name(filename, "png"), is_likeness)
+    out = io.BytesIO()
+    fitted.save(out, "JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=True)
+    return ReferenceImage(out.getvalue(), "image/jpeg", _output_name(filename, "jpg"), is_likeness)
+
+
+def _too_many_pixels(shown: str) -> MediaError:
+    return MediaError(
+        f"{shown} is too large in pixels (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels); "
+        "please send a smaller picture."
+    )
+
+
+# --------------------------------------------------------------------------- clips
+
+
+@dataclass(frozen=True, slots=True)
+class ClipInfo:
+    """What a clip really holds, measured from its packets rather than its header.
+
+    ``duration`` is the span of the video packets in seconds (a clip cut short in the middle
+    has fewer packets than its header promises, so this catches truncation).
+    """
+
+    duration: float
+    width: int
+    height: int
+    has_audio: bool
+    video_codec: str
+    audio_codec: str | None
+    bytes: int
+
+
+_UNREADABLE = "The clip is not a readable video."
+_MAX_PROBE_DECODE_PACKETS = 64
+
+
+def _packet_span(first: float | None, last: float | None) -> float:
+    if first is None or last is None:
+        return 0.0
+    return max(0.0, last - first)
+
+
+def inspect_clip(path: Path) -> ClipInfo:
+    """Measures a clip without judging it: demuxes every packet and decodes the first frames.
+
+    Reading all packets (without decoding them) is cheap and proves the file is whole; decoding
+    the first video and audio frames proves the streams are really decodable.
+
+    Raises:
+        MediaError: the file is missing, empty, not a video, or its first frames don't decode.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MediaError("The clip file is missing.") from exc
+    if size == 0:
+        raise MediaError("The clip file is empty.")
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise MediaError("The clip has no picture (no video track).")
+            video = container.streams.video[0]
+            audio = container.streams.audio[0] if container.streams.audio else None
+            width, height = video.codec_context.width, video.codec_context.height
+            video_codec = video.codec_context.name
+            audio_codec = audio.codec_context.name if audio is not None else None
+            rate = video.average_rate or video.guessed_rate or Fraction(24)
+            v_first: float | None = None
+            v_last: float | None = None
+            video_packets = audio_packets = 0
+            video_decoded = audio_decoded = False
+            v_tries = a_tries = 0
+            streams = [video] if audio is None else [video, audio]
+            for packet in container.demux(*streams):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                tb = packet.time_base
+                if packet.stream.index == video.index:
+                    video_packets += 1
+                    start = float(packet.pts * tb)
+                    length = float(packet.duration * tb) if packet.duration else float(1 / rate)
+                    v_first = start if v_first is None else min(v_first, start)
+                    v_last = start + length if v_last is None else max(v_last, start + length)
+                    if not video_decoded and v_tries < _MAX_PROBE_DECODE_PACKETS:
+                        v_tries += 1
+                        video_decoded = bool(packet.decode())
+                else:
+                    audio_packets += 1
+                    if not audio_decoded and a_tries < _MAX_PROBE_DECODE_PACKETS:
+                        a_tries += 1
+                        audio_decoded = bool(packet.decode())
+            if not video_decoded and v_first is not None:
+                # A decoder with frame delay (B-frames) may hold frames until flushed.
+                video_decoded = bool(video.codec_context.decode(None))
+            # The index says how many samples there are; fewer means the file was cut short.
+            cut_short = video_packets < (video.frames or 0) or (
+                audio is not None and audio_packets < (audio.frames or 0)
+            )
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError, RuntimeError) as exc:
+        raise MediaError(_UNREADABLE) from exc
+    if v_first is None or not width or not height:
+        raise MediaError("The clip has no pictures in it.")
+    if cut_short:
+        raise MediaError("The clip is incomplete (the file was cut off part way).")
+    if not video_decoded:
+        raise MediaError(_UNREADABLE)
+    return ClipInfo(
+        duration=_packet_span(v_first, v_last),
+        width=width,
+        height=height,
+        has_audio=audio_packets > 0 and audio_decoded,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        bytes=size,
+    )
+
+
+def probe_clip(path: Path, *, seconds: int, size: str, tolerance: float = 0.5) -> ClipInfo:
+    """Proves a finished clip is what was asked for, or raises.
+
+    Args:
+        path: the downloaded MP4.
+        seconds: the length that was asked (and paid) for.
+        size: the ``"WxH"`` that was asked for.
+        tolerance: how far, in seconds, the length may be off.
+
+    Raises:
+        MediaError: unreadable, wrong size, wrong length, or without sound.
+    """
+    width, height = parse_size(size)
+    info = inspect_clip(path)
+    if (info.width, info.height) != (width, height):
+        raise MediaError(f"The clip is {info.width}x{info.height}, not the {size} that was asked for.")
+    if abs(info.duration - seconds) > tolerance:
+        raise MediaError(f"The clip is {info.duration:.1f} seconds long, not {seconds}.")
+    if not info.has_audio:
+        raise MediaError("The clip has no sound track.")
+    return info
+
+
+# --------------------------------------------------------------------------- shrinking
+
+
+def _even(value: float) -> int:
+    return max(2, int(value) // 2 * 2)
+
+
+def _plan_dimensions(width: int, height: int, fps: float, video_bps: float) -> tuple[int, int]:
+    """The largest size (same aspect, even sides) where ``video_bps`` gives enough bits per pixel."""
+    pixels_affordable = video_bps / (MIN_BITS_PER_PIXEL * fps)
+    if width * height <= pixels_affordable:
+        return width, height
+    scale = math.sqrt(pixels_affordable / (width * height))
+    scale = max(scale, MIN_SHORT_SIDE / min(width, height))
+    scale = min(scale, 1.0)
+    return _even(width * scale), _even(height * scale)
+
+
+def _container_seconds(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return (container.duration or 0) / 1_000_000
+
+
+def _reencode(src: Path, dest: Path, *, width: int, height: int, video_bps: int, audio_bps: int) -> None:
+    """One libx264 + AAC pass over ``src`` into ``dest`` at the given size and bitrates."""
+    with (
+        av.open(str(src)) as inp,
+        av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as out,
+    ):
+        in_v = inp.streams.video[0]
+        in_v.thread_type = "AUTO"
+        in_a = inp.streams.audio[0] if inp.streams.audio else None
+        rate = in_v.average_rate or in_v.guessed_rate or Fraction(24)
+        out_v = out.add_stream("libx264", rate=rate)
+        out_v.width, out_v.height, out_v.pix_fmt = width, height, "yuv420p"
+        out_v.bit_rate = video_bps
+        out_v.options = {
+            "preset": "veryfast",
+            "maxrate": str(int(video_bps * 1.25)),
+            "bufsize": str(int(video_bps * 2)),
+        }
+        out_a = None
+        if in_a is not None:
+            channels = in_a.codec_context.channels or 2
+            out_a = out.add_stream("aac", rate=in_a.codec_context.sample_rate or 48_000)
+            out_a.layout = "mono" if channels == 1 else "stereo"
+            out_a.bit_rate = audio_bps
+        streams = [in_v] if in_a is None else [in_v, in_a]
+        for packet in inp.demux(*streams):
+            if packet.stream.index == in_v.index:
+                for frame in packet.decode():
+                    scaled = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                    scaled.pts, scaled.time_base = frame.pts, frame.time_base
+                    out.mux(out_v.encode(scaled))
+            elif out_a is not None:
+                for frame in packet.decode():
+                    out.mux(out_a.encode(frame))
+        out.mux(out_v.encode(None))
+        if out_a is not None:
+            out.mux(out_a.encode(None))
+
+
+def shrink_to_fit(src: Path, dest: Path, *, max_bytes: int) -> Path:
+    """Re-encodes ``src`` into ``dest`` so it is at most ``max_bytes``, keeping length and sound.
+
+    Synchronous and CPU-heavy (a full decode and libx264 encode): call it through
+    ``asyncio.to_thread``. A clip already small enough is copied as it is.
+
+    The video bitrate is what is left of ``max_bytes`` over the clip's duration after a safety
+    margin for container overhead and the audio (64 kb/s, 32 kb/s when tight). The resolution is
+    kept while that bitrate gives at least ``MIN_BITS_PER_PIXEL`` per pixel per frame, else the
+    clip is scaled down (same aspect, even sides). The result is measured; when the encoder
+    overshot, it tries again with a proportionally lower bitrate, a few times.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        MediaError: ``src`` is not a readable clip, or it can't get under ``max_bytes``.
+    """
+    info = inspect_clip(src)
+    if info.bytes <= max_bytes:
+        if src.resolve() != dest.resolve():
+            shutil.copyfile(src, dest)
+        return dest
+    impossible = MediaError(f"The clip can't fit under {_megabytes(max_bytes)}, even at low quality.")
+    try:
+        seconds = max(info.duration, _container_seconds(src), 0.1)
+        with av.open(str(src)) as probe:
+            stream = probe.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 24)
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(_UNREADABLE) from exc
+
+    budget_bits = (max_bytes * 0.93 - 16 * 1024) * 8
+    total_bps = budget_bits / seconds
+    audio_bps = 0
+    if info.has_audio:
+        audio_bps = SHRINK_AUDIO_BPS if total_bps >= 4 * SHRINK_AUDIO_BPS else SHRINK_LOW_AUDIO_BPS
+    video_bps = total_bps - audio_bps
+    tmp = dest.with_name(dest.name + ".shrinking.mp4")
+    try:
+        for attempt in range(_SHRINK_ATTEMPTS):
+            if video_bps < MIN_VIDEO_BPS:
+                raise impossible
+            width, height = _plan_dimensions(info.width, info.height, fps, video_bps)
+            log.info(
+                "shrink %s try %d: %dx%d at %d kb/s video, %d kb/s audio for %.1f s",
+                src.name,
+                attempt + 1,
+                width,
+                height,
+                video_bps // 1000,
+                audio_bps // 1000,
+                seconds,
+            )
+            try:
+                _reencode(src, tmp, width=width, height=height, video_bps=int(video_bps), audio_bps=audio_bps)
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                raise MediaError("The clip could not be re-encoded to make it smaller.") from exc
+            got = tmp.stat().st_size
+            if got <= max_bytes:
+                os.replace(tmp, dest)
+                return dest
+            video_bps *= 0.9 * max_bytes / got
+        raise impossible
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+__all__ = [
+    "ALLOWED_IMAGE_TYPES",
+    "MAX_IMAGE_PIXELS",
+    "ClipInfo",
+    "MediaError",
+    "fit_reference",
+    "inspect_clip",
+    "parse_size",
+    "probe_clip",
+    "shrink_to_fit",
+    "sniff_image_type",
+]

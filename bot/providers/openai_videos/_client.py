@@ -1,0 +1,401 @@
+"""``OpenAIVideosProvider``: the ``/v1/videos`` protocol over one ``httpx.AsyncClient``.
+
+Retry and resend rules (see ``_retry`` for the waits):
+
+- Reads (retrieve, download) and delete are idempotent and are retried after any transport
+  failure and after 408/409/429/5xx answers.
+- create and remix start a paid render, so they are only resent when the server cannot have
+  acted on the first attempt: when it *answered* with a retryable status (it told us it did not
+  take the job), or when the request provably never left (connect errors, pool timeouts, write
+  failures: a server cannot act on a request body it did not fully receive). After a read
+  timeout or a connection reset the first attempt may have started a render; resending could pay
+  twice, so the call raises a retryable ``ProviderError`` (TIMEOUT or UNAVAILABLE) whose detail
+  says the request may have reached the server, and the worker decides.
+- The API key never appears in logs, errors or ``repr``; it is only sent to the configured
+  origin (a relay's download URL on another host gets no ``Authorization`` header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec
+from bot.providers.openai_videos._errors import error_from_status, error_from_transport
+from bot.providers.openai_videos._normalise import normalise_video, parse_json
+from bot.providers.openai_videos._retry import RetryPolicy, retry_after_seconds, should_retry_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+USER_AGENT = "reelbot/0.1 (+httpx)"
+DOWNLOAD_CHUNK = 1 << 20  # bytes per write; bounds the memory a download holds
+_MAX_ERROR_BODY = 64 << 10
+_REMEMBERED_URLS = 1024
+# Raised before a single byte of the request could have been acted on by the server.
+_UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+)
+_NOT_VIDEO_TYPES = ("application/json", "text/", "image/", "application/problem")
+
+
+class _Secret:
+    """Holds the key so that ``repr``/``vars`` of the provider cannot show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+class _StatusFailure(Exception):
+    """A non-2xx answer, carried out of one attempt to the retry loop."""
+
+    def __init__(self, status: int, headers: httpx.Headers, body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _PartFile:
+    """The temporary file a download is written to, next to its destination.
+
+    Blocking file calls run in a thread; the rename makes the finished file appear atomically.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.path = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        self._fh: IO[bytes] | None = None
+
+    def open(self) -> None:
+        self._fh = open(self.path, "wb")
+
+    def write(self, data: bytes) -> None:
+        assert self._fh is not None
+        self._fh.write(data)
+
+    def commit(self) -> None:
+        assert self._fh is not None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        os.replace(self.path, self.dest)
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
+def _poll_after(headers: httpx.Headers) -> float | None:
+    raw = headers.get("openai-poll-after-ms")
+    if raw is None:
+        return None
+    try:
+        value = float(raw) / 1000.0
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _media_type(headers: httpx.Headers) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _looks_like_mp4(head: bytes) -> bool:
+    """ISO-BMFF files start with a box whose type is at bytes 4-8; MP4 starts with ``ftyp``."""
+    return len(head) >= 8 and head[4:8] == b"ftyp"
+
+
+class OpenAIVideosProvider:
+    """A ``VideoProvider`` for OpenAI's ``/v1/videos`` and relays that copy it.
+
+    Args:
+        api_key: sent as ``Authorization: Bearer``; never logged or shown in ``repr``.
+        base_url: the API root including ``/v1``.
+        transport: an httpx transport, for tests (e.g. ``httpx.MockTransport``).
+        max_retries: retries per call after the first attempt.
+        request_timeout: seconds for each read/write/pool wait (connect is capped at 10 s).
+        sleep: how retry waits are slept; tests inject a recorder so they run instantly.
+        rng: the jitter source, for reproducible waits.
+    """
+
+    name = "openai"
+    accepts_likeness = False  # the service rejects input images that show human faces
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 4,
+        request_timeout: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key is empty")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._api_key = _Secret(api_key)
+        self._base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self._policy = RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url,
+            transport=transport,
+            timeout=httpx.Timeout(request_timeout, connect=min(request_timeout, 10.0)),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self._download_urls: OrderedDict[str, str] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"OpenAIVideosProvider(base_url={str(self._base_url)!r})"
+
+    async def __aenter__(self) -> OpenAIVideosProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- VideoProvider -----------------------------------------------------------------------
+
+    async def create(self, spec: RenderSpec) -> ProviderVideo:
+        """Starts a render: JSON without a reference, multipart with ``input_reference`` as a file.
+
+        ``seconds`` is sent as a string ("8"): the API rejects an integer with a 400.
+        """
+        reference = spec.reference
+        if reference is not None and reference.is_likeness:
+            raise ProviderError(ErrorKind.BAD_REQUEST, "this service does not accept images of real people")
+        fields = {"prompt": spec.prompt, "model": spec.model, "seconds": str(spec.seconds), "size": spec.size}
+        kwargs: dict[str, Any]
+        if reference is None:
+            kwargs = {"json": fields}
+        else:
+            files = {"input_reference": (reference.filename, reference.data, reference.content_type)}
+            kwargs = {"data": fields, "files": files}
+        response = await self._json_call("create", "POST", "videos", resend_after_send=False, **kwargs)
+        return self._video(response, after_create=True)
+
+    async def retrieve(self, video_id: str) -> ProviderVideo:
+        response = await self._json_call("retrieve", "GET", self._path(video_id), resend_after_send=True)
+        return self._video(response)
+
+    async def remix(self, video_id: str, prompt: str) -> ProviderVideo:
+        path = self._path(video_id, "remix")
+        response = await self._json_call("remix", "POST", path, resend_after_send=False, json={"prompt": prompt})
+        return self._video(response, after_create=True)
+
+    async def delete(self, video_id: str) -> None:
+        """Deletes the video; one that is already gone (404) counts as deleted."""
+        self._download_urls.pop(video_id, None)
+        try:
+            await self._json_call("delete", "DELETE", self._path(video_id), resend_after_send=True)
+        except ProviderError as error:
+            if error.status_code == 404:
+                return
+            raise
+
+    async def download(self, video_id: str, dest: Path) -> int:
+        """Streams ``/videos/{id}/content`` to ``dest`` and returns the byte count.
+
+        The body goes to a temporary file next to ``dest`` in 1 MiB chunks and is renamed over
+        ``dest`` only when complete, so a crash never leaves a truncated clip under the final
+        name. When ``/content`` answers 404 and the video object carried a download URL (relay
+        variants), that URL is used instead.
+
+        Raises:
+            ProviderError: BAD_RESPONSE when the body is JSON/HTML/an image or lacks the MP4
+                ``ftyp`` box; the mapped kind for HTTP and transport failures.
+        """
+        path = self._path(video_id, "content")
+        try:
+            return await self._download(path, dest, send_key=True)
+        except ProviderError as error:
+            if error.status_code != 404:
+                raise
+            url = self._download_urls.get(video_id)
+            if url is None:
+                url = (await self.retrieve(video_id)).download_url
+            if url is None:
+                raise
+            log.info("openai download: /content answered 404, using the video's download URL")
+            return await self._download(url, dest, send_key=self._same_origin(url))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _path(video_id: str, *rest: str) -> str:
+        if not video_id:
+            raise ProviderError(ErrorKind.BAD_REQUEST, "empty video id")
+        return "/".join(("videos", quote(video_id, safe=""), *rest))
+
+    def _headers(self, *, send_key: bool = True, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept}
+        if send_key:
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        return headers
+
+    def _same_origin(self, url: str) -> bool:
+        target = httpx.URL(url)
+        return (target.scheme, target.host, target.port) == (
+            self._base_url.scheme,
+            self._base_url.host,
+            self._base_url.port,
+        )
+
+    def _video(self, response: httpx.Response, *, after_create: bool = False) -> ProviderVideo:
+        try:
+            video = normalise_video(parse_json(response.content), poll_after=_poll_after(response.headers))
+        except ProviderError as error:
+            if not after_create:
+                raise
+            raise ProviderError(
+                error.kind, f"{error.detail}; the render may have been started", retryable=error.retryable
+            ) from error
+        if video.download_url:
+            self._download_urls[video.id] = video.download_url
+            self._download_urls.move_to_end(video.id)
+            while len(self._download_urls) > _REMEMBERED_URLS:
+                self._download_urls.popitem(last=False)
+        return video
+
+    async def _json_call(
+        self, op: str, method: str, url: str, *, resend_after_send: bool, **kwargs: Any
+    ) -> httpx.Response:
+        async def attempt() -> httpx.Response:
+            response = await self._client.request(method, url, headers=self._headers(), **kwargs)
+            if not response.is_success:
+                raise _StatusFailure(response.status_code, response.headers, response.content)
+            return response
+
+        return await self._with_retries(op, attempt, resend_after_send=resend_after_send)
+
+    async def _with_retries(self, op: str, attempt: Callable[[], Awaitable[T]], *, resend_after_send: bool) -> T:
+        """Runs ``attempt`` until it succeeds or the policy says stop.
+
+        Args:
+            op: the operation name, for logs.
+            attempt: one try; raises ``_StatusFailure`` for non-2xx answers.
+            resend_after_send: whether a transport failure after the request may have reached
+                the server allows sending it again (False for calls that start paid renders).
+        """
+        policy = self._policy
+        retries = 0
+        while True:
+            try:
+                return await attempt()
+            except _StatusFailure as failure:
+                retry_after = retry_after_seconds(failure.headers)
+                error = error_from_status(failure.status, failure.headers, failure.body, retry_after=retry_after)
+                if not should_retry_status(failure.status, failure.headers) or retries >= policy.max_retries:
+                    raise error from None
+                if retry_after is not None and retry_after > policy.max_retry_after:
+                    # Too long to hold a worker slot: hand the wait to the caller.
+                    error.retryable = True
+                    raise error from None
+                if retry_after is not None and retry_after > 0:
+                    delay = retry_after
+                else:
+                    delay = policy.backoff(retries, self._rng)
+                reason = f"HTTP {failure.status}"
+            except httpx.HTTPError as exc:
+                unsent = isinstance(exc, _UNSENT_ERRORS)
+                error = error_from_transport(exc, sent=not unsent)
+                if not error.retryable or retries >= policy.max_retries:
+                    raise error from exc
+                if not unsent and not resend_after_send:
+                    raise error from exc
+                delay = policy.backoff(retries, self._rng)
+                reason = type(exc).__name__
+            retries += 1
+            log.info("openai %s: %s; retry %d/%d in %.2fs", op, reason, retries, policy.max_retries, delay)
+            await self._sleep(delay)
+
+    async def _download(self, url: str, dest: Path, *, send_key: bool) -> int:
+        async def attempt() -> int:
+            part = _PartFile(dest)
+            try:
+                return await self._stream_once(url, part, send_key=send_key)
+            except BaseException:
+                part.discard()
+                raise
+
+        return await self._with_retries("download", attempt, resend_after_send=True)
+
+    async def _stream_once(self, url: str, part: _PartFile, *, send_key: bool) -> int:
+        headers = self._headers(send_key=send_key, accept="application/binary")
+        async with self._client.stream("GET", url, headers=headers, follow_redirects=True) as response:
+            if not response.is_success:
+                raise _StatusFailure(response.status_code, response.headers, await _read_capped(response))
+            media_type = _media_type(response.headers)
+            if media_type.startswith(_NOT_VIDEO_TYPES) or media_type.endswith(("+json", "html")):
+                body = await _read_capped(response)
+                snippet = body[:200].decode("utf-8", "replace")
+                raise ProviderError(
+                    ErrorKind.BAD_RESPONSE,
+                    f"the download is {media_type or 'untyped'}, not a video: {snippet!r}",
+                    retryable=True,
+                )
+            size = 0
+            checked = False
+            await asyncio.to_thread(part.open)
+            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
+                if not checked:
+                    if not _looks_like_mp4(chunk):
+                        raise ProviderError(
+                            ErrorKind.BAD_RESPONSE,
+                            f"the download ({media_type or 'untyped'}) does not start like an MP4: {chunk[:16]!r}",
+                            retryable=True,
+                        )
+                    checked = True
+                await asyncio.to_thread(part.write, chunk)
+                size += len(chunk)
+            if not checked:
+                raise ProviderError(ErrorKind.BAD_RESPONSE, "the download is empty", retryable=True)
+            await asyncio.to_thread(part.commit)
+            return size
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """At most 64 KiB of a streamed body (error bodies are for messages, not for memory)."""
+    buffer = bytearray()
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        if len(buffer) >= _MAX_ERROR_BODY:
+            break
+    return bytes(buffer[:_MAX_ERROR_BODY])

@@ -1,0 +1,90 @@
+"""When to retry a call, and how long to wait first.
+
+This follows the OpenAI SDKs' rules (``_should_retry`` / ``_calculate_retry_timeout``) so the
+service sees the client behaviour it was designed for:
+
+- 408, 409, 429 and 5xx are retried; ``x-should-retry: true`` forces a retry and
+  ``x-should-retry: false`` forbids one.
+- The wait is ``retry-after-ms``, else ``Retry-After`` (seconds or an HTTP date), when
+  0 < value <= 120 s; otherwise exponential backoff 0.5 s * 2^n, capped at 8 s, times a jitter
+  of 0.75..1.
+- A server asking for more than 120 s is not waited on inside the call: the caller gets a
+  retryable error carrying ``retry_after`` and can reschedule the job instead of holding a
+  worker slot.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter.
+
+    Attributes:
+        max_retries: retries after the first attempt (so at most ``max_retries + 1`` sends).
+        base_delay: the first backoff, doubled per retry.
+        max_delay: the cap of one backoff.
+        max_retry_after: the longest server-requested wait honoured inside a call.
+    """
+
+    max_retries: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    max_retry_after: float = 120.0
+
+    def backoff(self, retry_index: int, rng: random.Random) -> float:
+        """The wait before retry number ``retry_index`` (0-based) when the server gave none."""
+        delay = min(self.base_delay * 2.0**retry_index, self.max_delay)
+        return delay * rng.uniform(0.75, 1.0)
+
+
+def should_retry_status(status: int, headers: httpx.Headers) -> bool:
+    """Whether an HTTP answer is worth sending again (the server explicitly may decide)."""
+    forced = headers.get("x-should-retry", "").strip().lower()
+    if forced == "true":
+        return True
+    if forced == "false":
+        return False
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+def retry_after_seconds(headers: httpx.Headers, *, now: Callable[[], float] = time.time) -> float | None:
+    """The wait the server asked for, in seconds, or None when it asked for none (or nonsense).
+
+    ``retry-after-ms`` wins over ``Retry-After``; ``Retry-After`` may be delta-seconds (possibly
+    fractional, as some relays send) or an HTTP date.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        return max(0.0, when.timestamp() - now())
+    return value if math.isfinite(value) and value >= 0 else None

@@ -1,0 +1,346 @@
+"""bot.media: reference pictures are checked and fitted; clips are proven whole; clips shrink to fit."""
+
+from __future__ import annotations
+
+import io
+import resource
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot import media
+from bot.media import MediaError, fit_reference, inspect_clip, probe_clip, shrink_to_fit, sniff_image_type
+from tests.media_factory import BLUE, GREEN, RED, decode_frame, image_bytes, make_clip, png_bomb, stream_facts
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _open(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("JPEG", "image/jpeg"),
+        ("PNG", "image/png"),
+        ("WEBP", "image/webp"),
+        ("GIF", None),
+        ("PDF", None),
+        ("BMP", None),
+        ("TIFF", None),
+    ],
+)
+def test_sniff_image_type_reads_magic_bytes(fmt: str, expected: str | None) -> None:
+    assert sniff_image_type(image_bytes(fmt, 8, 8)) == expected
+
+
+def test_sniff_image_type_of_nothing_and_text() -> None:
+    assert sniff_image_type(b"") is None
+    assert sniff_image_type(b"hello, I am a PNG") is None
+
+
+# --------------------------------------------------------------------------- fit_reference
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(
+    ("src", "size"),
+    [((333, 777), "1280x720"), ((4000, 3000), "720x1280"), ((17, 9), "1792x1024"), ((1024, 1792), "1024x1792")],
+)
+def test_fit_reference_gives_exact_size_png(fmt: str, src: tuple[int, int], size: str) -> None:
+    ref = fit_reference(
+        image_bytes(fmt, *src), declared_type="application/octet-stream", filename="holiday photo.final.jpeg", size=size
+    )
+    img = _open(ref.data)
+    assert img.size == tuple(int(v) for v in size.split("x"))
+    assert img.mode == "RGB"
+    assert (img.format, ref.content_type) == ("PNG", "image/png")
+    assert ref.filename == "holiday_photo.final.png"
+    assert ref.is_likeness is False
+
+
+def test_fit_reference_keeps_the_colours_and_likeness_flag() -> None:
+    ref = fit_reference(
+        image_bytes("PNG", 300, 200, color=RED),
+        declared_type="image/png",
+        filename="r.png",
+        size="64x36",
+        is_likeness=True,
+    )
+    assert ref.is_likeness is True
+    assert _open(ref.data).getpixel((32, 18)) == RED
+
+
+def test_fit_reference_crops_around_the_centre() -> None:
+    """A wide red|blue picture cropped to a square keeps the middle: both colours, split centrally."""
+    ref = fit_reference(
+        image_bytes("PNG", 400, 100, color=RED, right_color=BLUE), declared_type=None, filename="a.png", size="100x100"
+    )
+    img = _open(ref.data)
+    assert img.getpixel((10, 50)) == RED
+    assert img.getpixel((90, 50)) == BLUE
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_fit_reference_applies_exif_orientation(fmt: str) -> None:
+    """Orientation 6 means "rotate 90° clockwise to show": the left (red) half ends up on top."""
+    data = image_bytes(fmt, 200, 100, color=RED, right_color=BLUE, orientation=6, quality=95)
+    ref = fit_reference(data, declared_type=None, filename="phone.jpg", size="100x200")
+    img = _open(ref.data)
+    assert img.size == (100, 200)
+    top, bottom = img.getpixel((50, 20)), img.getpixel((50, 180))
+    assert top[0] > 150 and top[2] < 100, top
+    assert bottom[2] > 150 and bottom[0] < 100, bottom
+
+
+def test_fit_reference_flattens_transparency_onto_white() -> None:
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    ref = fit_reference(out.getvalue(), declared_type="image/png", filename="t.png", size="32x32")
+    assert _open(ref.data).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_fit_reference_falls_back_to_jpeg_when_png_is_too_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media, "PNG_MAX_BYTES", 100)
+    ref = fit_reference(image_bytes("PNG", 300, 200), declared_type=None, filename="x.png", size="320x180")
+    img = _open(ref.data)
+    assert (ref.content_type, img.format, img.size) == ("image/jpeg", "JPEG", (320, 180))
+    assert ref.filename == "x.jpg"
+
+
+@pytest.mark.parametrize(("fmt", "word"), [("GIF", "GIF"), ("PDF", "PDF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
+def test_fit_reference_refuses_other_formats_whatever_the_name(fmt: str, word: str) -> None:
+    with pytest.raises(MediaError) as err:
+        fit_reference(image_bytes(fmt, 50, 50), declared_type="image/png", filename="cat.png", size="1280x720")
+    message = str(err.value)
+    assert word in message and "JPEG, PNG or WEBP" in message and "cat.png" in message
+
+
+def test_fit_reference_refuses_text_named_png() -> None:
+    with pytest.raises(MediaError, match="JPEG, PNG or WEBP"):
+        fit_reference(b"just some words\n", declared_type="image/png", filename="x.png", size="1280x720")
+
+
+def test_fit_reference_refuses_empty() -> None:
+    with pytest.raises(MediaError, match="empty"):
+        fit_reference(b"", declared_type="image/png", filename="x.png", size="1280x720")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_fit_reference_refuses_truncated_images(fmt: str) -> None:
+    data = image_bytes(fmt, 400, 300, color=RED, right_color=GREEN)
+    with pytest.raises(MediaError, match="damaged"):
+        fit_reference(data[: len(data) // 2], declared_type=None, filename="cut.img", size="320x180")
+
+
+def test_fit_reference_refuses_corrupt_header() -> None:
+    data = bytearray(image_bytes("PNG", 64, 64))
+    data[16:24] = b"\xff" * 8  # IHDR width/height garbage, CRC now wrong
+    with pytest.raises(MediaError):
+        fit_reference(bytes(data), declared_type=None, filename="bad.png", size="320x180")
+
+
+def test_fit_reference_refuses_oversize_bytes_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Pillow must not be called for an oversize file")
+
+    monkeypatch.setattr(media.Image, "open", no_decoding)
+    data = image_bytes("PNG", 64, 64) + bytes(2000)
+    with pytest.raises(MediaError, match="at most 1 KB"):
+        fit_reference(data, declared_type="image/png", filename="big.png", size="320x180", max_bytes=1024)
+
+
+def test_fit_reference_refuses_decompression_bomb_quickly_and_cheaply() -> None:
+    bomb = png_bomb(30_000, 30_000)  # 900 megapixels in ~100 KB
+    assert len(bomb) < 500_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(MediaError, match="too large in pixels"):
+        fit_reference(bomb, declared_type="image/png", filename="bomb.png", size="1280x720")
+    assert time.perf_counter() - started < 1.0
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 100_000  # decoding it would need ~900 MB
+
+
+def test_fit_reference_refuses_pictures_over_our_pixel_limit_below_pillows() -> None:
+    """64 MP is under Pillow's own bomb limit (~89 MP) but over ours (50 MP)."""
+    with pytest.raises(MediaError, match="too large in pixels"):
+        fit_reference(png_bomb(8_000, 8_000), declared_type="image/png", filename="b.png", size="1280x720")
+
+
+def test_fit_reference_refuses_a_bad_size() -> None:
+    with pytest.raises(MediaError):
+        fit_reference(image_bytes("PNG", 8, 8), declared_type=None, filename="x.png", size="big")
+
+
+# --------------------------------------------------------------------------- probe_clip
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("clips")
+    return {
+        "good": make_clip(base / "good.mp4", seconds=2, width=160, height=120),
+        "silent": make_clip(base / "silent.mp4", seconds=2, width=160, height=120, audio=False),
+    }
+
+
+def test_probe_clip_accepts_a_whole_clip(clips: dict[str, Path]) -> None:
+    info = probe_clip(clips["good"], seconds=2, size="160x120")
+    assert (info.width, info.height, info.has_audio) == (160, 120, True)
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert abs(info.duration - 2) < 0.1
+    assert info.bytes == clips["good"].stat().st_size
+
+
+def test_probe_clip_refuses_wrong_duration(clips: dict[str, Path]) -> None:
+    with pytest.raises(MediaError, match=r"2\.0 seconds long, not 4"):
+        probe_clip(clips["good"], seconds=4, size="160x120")
+
+
+def test_probe_clip_tolerance(clips: dict[str, Path]) -> None:
+    probe_clip(clips["good"], seconds=3, size="160x120", tolerance=1.0)
+    with pytest.raises(MediaError):
+        probe_clip(clips["good"], seconds=3, size="160x120", tolerance=0.5)
+
+
+def test_probe_clip_refuses_wrong_size(clips: dict[str, Path]) -> None:
+    with pytest.raises(MediaError, match="160x120, not the 1280x720"):
+        probe_clip(clips["good"], seconds=2, size="1280x720")
+
+
+def test_probe_clip_refuses_no_audio(clips: dict[str, Path]) -> None:
+    with pytest.raises(MediaError, match="no sound"):
+        probe_clip(clips["silent"], seconds=2, size="160x120")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a video at all" * 100, image_bytes("PNG", 64, 64)],
+    ids=["empty", "text", "png"],
+)
+def test_probe_clip_refuses_non_videos(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(content)
+    with pytest.raises(MediaError):
+        probe_clip(path, seconds=2, size="160x120")
+
+
+def test_probe_clip_refuses_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="missing"):
+        probe_clip(tmp_path / "nope.mp4", seconds=2, size="160x120")
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.6, 0.9])
+def test_probe_clip_refuses_truncated_clip(clips: dict[str, Path], tmp_path: Path, keep: float) -> None:
+    data = clips["good"].read_bytes()  # written without faststart: the index is at the end
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(MediaError):
+        probe_clip(path, seconds=2, size="160x120")
+
+
+def test_probe_clip_refuses_faststart_clip_cut_short(tmp_path: Path) -> None:
+    """With the index first, the header still promises 2 s: the packets prove otherwise."""
+    src = make_clip(tmp_path / "src.mp4", seconds=2, width=160, height=120, texture=True)
+    faststart = tmp_path / "fs.mp4"
+    shrink_to_fit(src, faststart, max_bytes=src.stat().st_size - 1)  # re-encode with +faststart
+    probe_clip(faststart, seconds=2, size="160x120")
+    data = faststart.read_bytes()
+    for keep in (0.5, 0.97, 0.995):
+        cut = tmp_path / f"cut{keep}.mp4"
+        cut.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(MediaError, match=r"incomplete|seconds long"):
+            probe_clip(cut, seconds=2, size="160x120")
+
+
+# --------------------------------------------------------------------------- shrink_to_fit
+
+
+@pytest.fixture(scope="module")
+def big_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s of 640x360 grain encoded losslessly: ~9 MB that compresses to little at normal quality."""
+    return make_clip(
+        tmp_path_factory.mktemp("big") / "big.mp4",
+        seconds=2,
+        width=640,
+        height=360,
+        fps=24,
+        texture=True,
+        lossless=True,
+    )
+
+
+def test_shrink_keeps_resolution_when_bitrate_allows(big_clip: Path, tmp_path: Path) -> None:
+    limit = 400_000
+    assert big_clip.stat().st_size > limit
+    out = shrink_to_fit(big_clip, tmp_path / "small.mp4", max_bytes=limit)
+    assert out == tmp_path / "small.mp4"
+    assert out.stat().st_size <= limit
+    info = probe_clip(out, seconds=2, size="640x360", tolerance=0.1)
+    facts = stream_facts(out)
+    assert facts["video_codec"] == "h264" and facts["audio_codec"] == "aac" and facts["pix_fmt"] == "yuv420p"
+    assert facts["frames"] == 48
+    assert abs(float(facts["audio_seconds"]) - 2) < 0.1  # type: ignore[arg-type]
+    assert info.has_audio
+
+
+def test_shrink_scales_down_when_needed(big_clip: Path, tmp_path: Path) -> None:
+    limit = 60_000
+    out = shrink_to_fit(big_clip, tmp_path / "tiny.mp4", max_bytes=limit)
+    assert out.stat().st_size <= limit
+    info = inspect_clip(out)
+    assert info.width < 640 and info.height < 360
+    assert info.width % 2 == 0 and info.height % 2 == 0
+    assert abs(info.width / info.height - 640 / 360) < 0.02
+    assert abs(info.duration - 2) < 0.1 and info.has_audio
+    frame = decode_frame(out, 1.0)
+    assert frame.shape == (info.height, info.width, 3)
+
+
+def test_shrink_raises_when_impossible(big_clip: Path, tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="can't fit under 10 KB"):
+        shrink_to_fit(big_clip, tmp_path / "never.mp4", max_bytes=10 * 1024)
+    assert not (tmp_path / "never.mp4").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shrink_copies_a_clip_that_already_fits(clips: dict[str, Path], tmp_path: Path) -> None:
+    out = shrink_to_fit(clips["good"], tmp_path / "same.mp4", max_bytes=50 * 1024 * 1024)
+    assert out.read_bytes() == clips["good"].read_bytes()
+
+
+def test_shrink_tries_again_when_the_encoder_overshoots(
+    big_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = media._reencode
+    calls: list[int] = []
+
+    def overshooting(src: Path, dest: Path, **kwargs: int) -> None:
+        calls.append(kwargs["video_bps"])
+        if len(calls) == 1:
+            dest.write_bytes(bytes(500_000))  # pretend the encoder blew the budget
+            return
+        real(src, dest, **kwargs)
+
+    monkeypatch.setattr(media, "_reencode", overshooting)
+    out = shrink_to_fit(big_clip, tmp_path / "retry.mp4", max_bytes=200_000)
+    assert len(calls) == 2 and calls[1] < calls[0]
+    assert out.stat().st_size <= 200_000
+    probe_clip(out, seconds=2, size=f"{inspect_clip(out).width}x{inspect_clip(out).height}")
+
+
+def test_shrink_refuses_a_non_video(tmp_path: Path) -> None:
+    src = tmp_path / "x.mp4"
+    src.write_bytes(b"nope" * 1000)
+    with pytest.raises(MediaError):
+        shrink_to_fit(src, tmp_path / "y.mp4", max_bytes=100)
