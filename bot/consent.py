@@ -28,7 +28,7 @@ from bot.delivery import DeliveryError
 from bot.faces import has_face
 from bot.jobs import ACTIVE_STATES, ChatRequest, InputFile, Job, JobState, Requester
 from bot.media import MediaError, fit_reference
-from bot.providers.base import ReferenceImage
+from bot.providers.base import ProviderError, ReferenceImage
 from bot.store import Cameo, CameoStore, ConsentRequest, StoreError
 
 log = logging.getLogger(__name__)
@@ -605,6 +605,12 @@ class Cameos:
                 job, f"Job {job.id} was cancelled because the cameo it used was revoked. Nothing was charged."
             )
         delivered = await self.store.jobs_using(cameo.owner_key, [JobState.DELIVERED])
+        for job in await self.store.jobs_using(cameo.owner_key, list(JobState)):
+            # Copies of the likeness live on as job references and at the provider: remove them too.
+            await self._remove_reference(job)
+            if job.provider_video_id and job.state.is_final:
+                with contextlib.suppress(ProviderError):
+                    await self.bot.provider.delete(job.provider_video_id)
         posted = [job for job in delivered if job.delivered_ref]
         lines = [f"Your cameo is revoked and its files are deleted; {cancelled} unfinished job(s) cancelled."]
         actions: tuple[tuple[str, str], ...] = ()
@@ -635,6 +641,9 @@ class Cameos:
                 log.warning("could not delete the post of job %s: %s", job.id, exc.user_message)
                 continue
             deleted += 1
+            if job.clip_path:
+                with contextlib.suppress(OSError):
+                    Path(job.clip_path).unlink()
             await self.store.log(cameo.owner_key, requester.key, "post_deleted", job_id=job.id)
         return Reply(f"Deleted {deleted} post(s) that used your cameo.")
 

@@ -441,7 +441,7 @@ class Store:
             names = list(platforms)
             sql += f" AND platform IN ({', '.join('?' * len(names))})"
             params += names
-        rows = await self._read_all(sql + " ORDER BY queued_at, created_at", params)
+        rows = await self._read_all(sql + " ORDER BY queued_at, id", params)
         return [_row_to_job(r) for r in rows]
 
     async def queue_position(self, job_id: str) -> int | None:

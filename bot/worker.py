@@ -68,6 +68,7 @@ class Worker:
         self._last_card: dict[str, float] = {}
         self._fresh_deliveries: set[str] = set()
         self._positions: dict[str, int] = {}
+        self._fresh_submits: set[str] = set()
         self._event = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -178,16 +179,23 @@ class Worker:
                     continue
                 active_total += 1
                 per_user[job.user_key] = per_user.get(job.user_key, 0) + 1
+                self._fresh_submits.add(job.id)
                 self._spawn(job)
         await self._refresh_queue_positions(jobs)
 
     async def _refresh_queue_positions(self, jobs: list[Job]) -> None:
-        """Edits queued cards whose position changed (a job ahead started or was cancelled)."""
+        """Edits queued cards whose position changed (a job ahead started or was cancelled).
+
+        ``jobs`` comes ordered by queue time, so positions are counted here rather than asked of
+        the store once per job.
+        """
+        started = set(self._tasks)
+        counters: dict[str, int] = {}
         for job in jobs:
-            if job.state is not JobState.QUEUED or job.id in self._tasks or not job.card_ref:
+            if job.state is not JobState.QUEUED or job.id in started:
                 continue
-            position = await self.store.queue_position(job.id)
-            if position is not None and self._positions.get(job.id) != position:
+            position = counters[job.platform] = counters.get(job.platform, 0) + 1
+            if job.card_ref and self._positions.get(job.id) != position:
                 self._positions[job.id] = position
                 await self._card(job, force=True)
 
@@ -232,6 +240,7 @@ class Worker:
         finally:
             self._tasks.pop(job_id, None)
             self._last_card.pop(job_id, None)
+            self._fresh_submits.discard(job_id)
             with contextlib.suppress(Exception):
                 await self.store.release_lease(job_id, self.owner)
             self.wake()
@@ -250,15 +259,25 @@ class Worker:
 
     async def _submit(self, job: Job) -> None:
         try:
+            spec = await asyncio.to_thread(self._spec, job)
+            if job.id not in self._fresh_submits:
+                # Resumed after a crash: the create may have been sent before the id was stored.
+                adopted = await self.provider.find_recent(spec, job.started_at or job.created_at)
+                if adopted is not None:
+                    log.info("job %s: adopting render %s started before a restart", job.id, adopted.id)
+                    await self.store.update_job(
+                        job.id, state=JobState.RENDERING, provider_video_id=adopted.id, expect=[JobState.SUBMITTING]
+                    )
+                    return
+            if self.bot.cameos is not None:
+                refusal = await self.bot.cameos.recheck_before_submit(job)
+                if refusal:
+                    await self._finish(job, JobState.REFUSED, refusal, tell=True)
+                    return
+            self._fresh_submits.add(job.id)
             if job.remix_of:
                 video = await self.provider.remix(job.remix_of, job.prompt)
             else:
-                spec = await asyncio.to_thread(self._spec, job)
-                if self.bot.cameos is not None:
-                    refusal = await self.bot.cameos.recheck_before_submit(job)
-                    if refusal:
-                        await self._finish(job, JobState.REFUSED, refusal, tell=True)
-                        return
                 video = await self.provider.create(spec)
         except ProviderError as exc:
             await self._provider_trouble(job, exc, "submit")

@@ -272,3 +272,18 @@ async def test_the_audit_is_append_only(app: App) -> None:
         await app.store._db.execute("UPDATE cameo_audit SET action = 'nothing'")
     with pytest.raises(Exception, match="append-only"):
         await app.store._db.execute("DELETE FROM cameo_audit")
+
+
+async def test_revocation_removes_every_copy_of_the_likeness(app: App) -> None:
+    await register(app, "alice")
+    job = (await say(app, "alice", "me dancing --cameo @alice")).job
+    done = await app.worker.wait_for(job.id, timeout=30)
+    assert done.state is JobState.DELIVERED
+    assert Path(done.reference_path).exists()
+    assert list((app.settings.data_dir / "renders").glob(f"{done.provider_video_id}*"))
+    await say(app, "alice", "cameo revoke")
+    assert not Path(done.reference_path).exists()
+    assert not list((app.settings.data_dir / "renders").glob(f"{done.provider_video_id}*"))
+    assert Path(done.clip_path).exists()  # the post and its clip go when the owner presses the button
+    deleted = await press(app, "alice", "cameo_delete_posts")
+    assert deleted.ok and not Path(done.clip_path).exists()

@@ -236,7 +236,17 @@ async def test_transient_upload_errors_are_retried(make_settings: Callable[..., 
 
 
 @pytest.mark.parametrize(
-    "crash_at", ["received", "queued", "submitting", "rendering", "downloading", "delivering", "delivered_not_recorded"]
+    "crash_at",
+    [
+        "received",
+        "queued",
+        "submitting",
+        "sent_not_recorded",
+        "rendering",
+        "downloading",
+        "delivering",
+        "delivered_not_recorded",
+    ],
 )
 async def test_a_restart_at_any_state_finishes_every_job_once(
     make_settings: Callable[..., Settings], crash_at: str
@@ -257,7 +267,9 @@ async def test_a_restart_at_any_state_finishes_every_job_once(
         await store._db.execute("UPDATE jobs SET created_at = created_at - 60 WHERE id = ?", (job.id,))
     elif crash_at != "queued":
         await store.update_job(job.id, state=JobState.SUBMITTING, started_at=time.time())
-        if crash_at != "submitting":
+        if crash_at == "sent_not_recorded":
+            await provider.create(first.worker._spec(job))  # the create went out; its id was never stored
+        elif crash_at != "submitting":
             video = await provider.create(first.worker._spec(job))
             await store.update_job(job.id, state=JobState.RENDERING, provider_video_id=video.id)
             if crash_at != "rendering":
@@ -283,6 +295,8 @@ async def test_a_restart_at_any_state_finishes_every_job_once(
         assert await second.store.ledger_for(job.id) == [("reserve", 400_000), ("settle", 400_000)]
         totals = await second.store.ledger_totals()
         assert totals.reserved == totals.settled + totals.released
+        renders = list((settings.data_dir / "renders").glob("local_*.json"))
+        assert len(renders) == 1  # rendered (and paid for at the provider) exactly once
     finally:
         await second.close()
 

@@ -190,3 +190,24 @@ async def test_the_host_down_for_a_while_then_back(app: App, fake: FakeVideosSer
         assert "no longer knows" in job.error
     totals = await app.store.ledger_totals()
     assert totals.reserved == totals.settled + totals.released
+
+
+async def test_a_restart_after_the_create_was_sent_adopts_the_render(
+    make_settings: Callable[..., Settings], fake: FakeVideosServer
+) -> None:
+    settings = make_settings()
+    first = await open_app(settings, fake)
+    await first.worker.stop()  # this process "dies" right after sending the create
+    job = (await first.bot.handle(ask("a cat adopted after a crash"))).job
+    await first.store.update_job(job.id, state=JobState.SUBMITTING, started_at=time.time())
+    await first.provider.create(first.worker._spec(job))
+    await first.close()
+
+    second = await open_app(settings, fake)
+    try:
+        done = await second.worker.wait_for(job.id, timeout=30)
+        assert done.state is JobState.DELIVERED
+        assert fake.count("create") == 1 and fake.count("list") == 1
+        assert await second.store.ledger_for(job.id) == [("reserve", 400_000), ("settle", 400_000)]
+    finally:
+        await second.close()

@@ -154,6 +154,17 @@ class VideoProvider(Protocol):
         """Starts a new render that changes a finished one according to ``prompt``."""
         ...
 
+    async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:
+        """A render of ``spec`` created at or after ``since`` (unix seconds), if the service has one.
+
+        Used after a crash between sending a create and storing its id, so the render is adopted
+        rather than paid for twice.
+
+        Raises:
+            ProviderError: when the service cannot be asked right now.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Releases connections and background tasks."""
         ...

@@ -14,7 +14,10 @@ restarts the render from the sidecar.
 
 Speed: everything static (background, text, label, portrait) is drawn once with Pillow and
 converted once to YUV; each frame is a copy of that plus two cheap numpy edits, encoded by
-libx264 ``veryfast``. Renders run in worker threads, at most ``max_parallel`` at a time.
+libx264 ``ultrafast`` (CRF 23). Measured on a loaded 2-core machine: 4 s at 1280x720 in 0.7 s
+(0.5 MB), 12 s at 1792x1024 in 2.5 s (2.4 MB), 20 s at 1080x1920 in 5 s (4.6 MB); ``veryfast``
+makes files ~2.5x smaller but takes ~2.5x as long. Renders run in worker threads, at most
+``max_parallel`` at a time.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ _MAX_PROMPT_SHOWN = 2_500
 _SWEEP_PERIOD_S = 3.0
 _SWEEP_WIDTH = 0.2  # of the frame width
 #: libx264 speed/size trade-off; see the module docstring for measured times.
-X264_PRESET = "veryfast"
+X264_PRESET = "ultrafast"
 _FONT_FILES = {
     False: (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -485,7 +488,7 @@ class LocalRenderer:
         if fps < 1 or fps > 120:
             raise ValueError("fps must be between 1 and 120")
         self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds cameo pictures
         self.fps = fps
         self.min_render_seconds = min_render_seconds
         self._slots = asyncio.Semaphore(max(1, max_parallel))
@@ -534,24 +537,32 @@ class LocalRenderer:
         _write_atomic(self._path(video_id, ".json"), json.dumps(doc, ensure_ascii=False).encode())
 
     def _read_sidecar(self, video_id: str) -> tuple[RenderSpec, str | None] | None:
+        """The spec saved at create time (None when there is no sidecar)."""
         try:
             doc = json.loads(self._path(video_id, ".json").read_text("utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise ProviderError(ErrorKind.SERVER, f"unreadable sidecar for {video_id}: {exc}") from exc
-        reference = None
-        if doc.get("reference"):
-            ref = doc["reference"]
-            reference = ReferenceImage(
-                data=self._path(video_id, ".ref").read_bytes(),
-                content_type=ref["content_type"],
-                filename=ref["filename"],
-                is_likeness=bool(ref.get("is_likeness")),
+            raise ProviderError(ErrorKind.SERVER, f"unreadable sidecar for {video_id}: {exc!r}") from exc
+        try:
+            reference = None
+            if doc.get("reference"):
+                ref = doc["reference"]
+                reference = ReferenceImage(
+                    data=self._path(video_id, ".ref").read_bytes(),
+                    content_type=ref["content_type"],
+                    filename=ref["filename"],
+                    is_likeness=bool(ref.get("is_likeness")),
+                )
+            spec = RenderSpec(
+                prompt=doc["prompt"],
+                model=doc["model"],
+                size=doc["size"],
+                seconds=int(doc["seconds"]),
+                reference=reference,
             )
-        spec = RenderSpec(
-            prompt=doc["prompt"], model=doc["model"], size=doc["size"], seconds=int(doc["seconds"]), reference=reference
-        )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProviderError(ErrorKind.SERVER, f"unreadable sidecar for {video_id}: {exc!r}") from exc
         return spec, doc.get("remix_of")
 
     def _read_error(self, video_id: str) -> ProviderError | None:
@@ -731,6 +742,28 @@ class LocalRenderer:
                 raise ProviderError(ErrorKind.NOT_FOUND, f"no local video {video_id}")
             spec = found[0]
         return await self._create(replace(spec, prompt=prompt), remix_of=video_id)
+
+    async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:
+        """A render of this spec whose sidecar was written since ``since`` (after a crash)."""
+        found = await asyncio.to_thread(self._find_sidecar, spec, since)
+        return None if found is None else await self.retrieve(found)
+
+    def _find_sidecar(self, spec: RenderSpec, since: float) -> str | None:
+        for path in self.work_dir.glob("local_*.json"):
+            try:
+                if path.stat().st_mtime < since - 5:
+                    continue
+                doc = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                continue
+            if (doc.get("prompt"), doc.get("model"), doc.get("size"), doc.get("seconds")) == (
+                spec.prompt,
+                spec.model,
+                spec.size,
+                spec.seconds,
+            ) and not doc.get("remix_of"):
+                return str(doc.get("id"))
+        return None
 
     async def aclose(self) -> None:
         """Stops running renders; their sidecars stay, so the next process resumes them."""

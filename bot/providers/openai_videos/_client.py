@@ -253,6 +253,28 @@ class OpenAIVideosProvider:
             log.info("openai download: /content answered 404, using the video's download URL")
             return await self._download(url, dest, send_key=self._same_origin(url))
 
+    async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:
+        """Looks through ``GET /videos`` (newest first) for a render of this spec made since ``since``."""
+        response = await self._json_call(
+            "list", "GET", "videos", resend_after_send=True, params={"limit": "50", "order": "desc"}
+        )
+        body = parse_json(response.content)
+        items = body.get("data") if isinstance(body, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            created = item.get("created_at")
+            if isinstance(created, int | float) and created < since - 5:
+                continue
+            if (item.get("prompt"), item.get("model"), str(item.get("seconds")), item.get("size")) == (
+                spec.prompt,
+                spec.model,
+                str(spec.seconds),
+                spec.size,
+            ):
+                return normalise_video(item)
+        return None
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -285,7 +307,10 @@ class OpenAIVideosProvider:
             if not after_create:
                 raise
             raise ProviderError(
-                error.kind, f"{error.detail}; the render may have been started", retryable=error.retryable
+                error.kind,
+                f"{error.detail}; the render may have been started",
+                retryable=error.retryable,
+                ambiguous=True,
             ) from error
         if video.download_url:
             self._download_urls[video.id] = video.download_url
