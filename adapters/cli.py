@@ -123,7 +123,11 @@ async def serve(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
     try:
         for adapter in adapters:
-            await adapter.start()
+            try:
+                await adapter.start()
+            except Exception as exc:  # a bad token or an unreachable platform: one line, not a traceback
+                print(f"reelbot: could not start {adapter.platform}: {exc}", file=sys.stderr)
+                return 1
         await app.worker.start()
         log.info(
             "reelbot is serving: %s; provider %s; data in %s",
@@ -133,6 +137,7 @@ async def serve(settings: Settings) -> int:
         )
         await stop.wait()
     finally:
+        await app.worker.stop()  # no delivery may reach a client that is already closed
         for adapter in adapters:
             with contextlib.suppress(Exception):
                 await adapter.stop()

@@ -360,7 +360,7 @@ class ReelBot:
     async def reroll(self, requester: Requester, job_id: str, request_key: str) -> Reply:
         """Renders the same prompt and settings again, as a new job (and a new charge)."""
         job = await self.store.get_job(job_id)
-        if job is None or job.platform != requester.platform:
+        if job is None or (job.platform, job.workspace_id) != (requester.platform, requester.workspace_id):
             return Reply(f"There is no job {job_id[:40]} here.", ok=False)
         command = VideoCommand(
             job.prompt, job.options.model, job.options.size, job.options.seconds, cameo=self._cameo_handle(job)
@@ -378,7 +378,7 @@ class ReelBot:
     async def remix(self, requester: Requester, job_id: str, prompt: str, request_key: str) -> Reply:
         """Asks the provider to change a delivered clip according to a new prompt."""
         job = await self.store.get_job(job_id)
-        if job is None or job.platform != requester.platform:
+        if job is None or (job.platform, job.workspace_id) != (requester.platform, requester.workspace_id):
             return Reply(f"There is no job {job_id[:40]} here.", ok=False)
         if job.state is not JobState.DELIVERED or not job.provider_video_id:
             return Reply(f"Only a delivered clip can be remixed; job {job.id} is {job.state.value}.", ok=False)

@@ -402,7 +402,7 @@ class Worker:
                 if exc.retryable and attempts < self.max_delivery_tries:
                     await self._sleep(min(30.0, 2.0**attempts))
                     continue
-                await self._undelivered(delivery, job, exc.user_message)
+                await self._undelivered(delivery, job, exc.user_message, retryable=exc.retryable)
                 return
         finished = await self.store.finish_job(
             job.id, JobState.DELIVERED, delivered_ref=ref, expect=[JobState.DELIVERING]
@@ -412,17 +412,22 @@ class Worker:
             if self.bot.cameos is not None:
                 await self.bot.cameos.record_use(finished)
 
-    async def _undelivered(self, delivery: Delivery, job: Job, reason: str) -> None:
+    async def _undelivered(self, delivery: Delivery, job: Job, reason: str, *, retryable: bool) -> None:
+        """Keeps a rendered clip the platform refused; it stays reserved until delivered or cancelled."""
         job = await self.store.update_job(
             job.id, state=JobState.UNDELIVERED, error=reason, expect=[JobState.DELIVERING]
         )
         await self._card(job, force=True)
+        # Automatic retries are over; a person can still fix the cause (invite the bot, say) and retry.
+        advice = (
+            f"Use `/video retry {job.id}` to try again (you will be charged once), "
+            f"or `/video cancel {job.id}` (not charged)."
+        )
+        if not retryable:
+            log.info("job %s undelivered for good reason: %s", job.id, reason)
         with contextlib.suppress(DeliveryError):
-            await delivery.notify(
-                job,
-                f"Your clip for job {job.id} is ready but I could not post it: {reason} "
-                f"Use `/video retry {job.id}` to try again; you will be charged once.",
-            )
+            text = f"Your clip for job {job.id} is ready but I could not post it: {reason} {advice}"
+            await delivery.notify(job, text)
 
     async def _cancel(self, job: Job) -> None:
         if job.provider_video_id:
