@@ -13,9 +13,7 @@ import itertools
 import logging
 from pathlib import Path
 
-import discord
 import pytest
-from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
@@ -88,7 +86,7 @@ async def test_connects_syncs_commands_with_valid_choices_and_restores_endpoints
     (video,) = commands
     assert video["name"] == "video"
     subs = {o["name"]: o for o in video["options"]}
-    assert set(subs) == {"create", "budget", "jobs", "cancel", "retry", "help", "admin"}
+    assert set(subs) == {"create", "budget", "jobs", "cancel", "retry", "help", "admin", "cameo"}
     assert {o["name"] for o in subs["admin"]["options"]} == {"budget", "usage"}
     create = {o["name"]: o for o in subs["create"]["options"]}
     assert create["prompt"]["required"] and create["prompt"]["type"] == 3
@@ -520,27 +518,13 @@ async def test_direct_message_buttons_reach_the_consent_flow_even_after_a_restar
     assert await rec.reply() == "Cameos are not available on this bot."
 
 
-async def test_a_subgroup_added_later_works_and_reply_buttons_reach_the_core(fake, discord_bot):
-    """The hook the cameo commands use: ``add_subgroup`` + ``run_command``; ``Reply.actions`` become buttons.
-
-    (This module has ``from __future__ import annotations``, so the callback's annotations name module globals.)
-    """
-
-    def add_cameo(adapter) -> None:
-        cameo = app_commands.Group(name="cameo", description="Your cameo")
-
-        @cameo.command(name="register", description="Register your cameo")
-        async def register(interaction: discord.Interaction, photo: discord.Attachment) -> None:
-            await adapter.run_command(interaction, "cameo register", image=photo)
-
-        adapter.add_subgroup(cameo)
-
-    harness = await discord_bot(start=False)
-    await harness.start(worker=False, configure=add_cameo)
+async def test_cameo_commands_register_and_confirm_through_buttons(fake, discord_bot):
+    """``/video cameo register`` with an attachment; the core's ``Reply.actions`` become buttons that work."""
+    harness = await discord_bot(worker=False)
     names = [o["name"] for o in fake.syncs[-1][1][0]["options"]]
     assert "cameo" in names
 
-    rec = await fake.slash("video cameo register", {"photo": fake.attachment(png())})
+    rec = await fake.slash("video cameo register", {"file": fake.attachment(png())})
     await rec.reply()
     (answer,) = rec.followups
     assert answer["flags"] & 64
@@ -551,6 +535,16 @@ async def test_a_subgroup_added_later_works_and_reply_buttons_reach_the_core(fak
     assert (await press.reply()).startswith(f"Your cameo is active. Others use it with --cameo <@{fake.alice.id}>")
     cameo = await harness.app.bot.cameos.store.get(f"discord:{fake.guild_id}:{fake.alice.id}")
     assert cameo.status == "active"
+
+    rec = await fake.slash("video cameo audience", {"who": "everyone"})
+    assert "everyone" in await rec.reply()
+    rec = await fake.slash("video cameo forbid", {"words": "--pro politics"})
+    assert "never be used with: politics, pro." in await rec.reply()
+    rec = await fake.slash(
+        "video cameo register",
+        {"file": fake.attachment(b"%PDF-1.4", filename="me.pdf", content_type="application/pdf")},
+    )
+    assert "2-4 s video" in await rec.reply()
 
 
 async def test_card_edits_are_throttled_and_the_newest_view_wins(fake, discord_bot):

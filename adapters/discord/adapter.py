@@ -226,6 +226,10 @@ class DiscordAdapter:
         self.client = ReelClient(self, guild_ready_timeout=guild_ready_timeout)
         self.delivery = DiscordDelivery(self.client, min_update_interval=card_interval)
         self.video = self._build_video_group(bot.policy.rules)
+        if bot.cameos is not None:
+            from adapters.discord.cameo import add_cameo_commands
+
+            add_cameo_commands(self)
         self.client.tree.add_command(self.video)
         bot.register(self.delivery)
         self._ready = asyncio.Event()
@@ -543,13 +547,14 @@ class DiscordAdapter:
         *,
         image: discord.Attachment | None = None,
         mentions: dict[str, str] | None = None,
+        fetcher: AttachmentFetcher | None = None,
     ) -> None:
         """Defers, checks, fetches the attachment, asks the core, answers ephemerally."""
         self._note(interaction)
         if not await self._defer(interaction):
             return
         try:
-            reply = await self._handle(interaction, text, image, mentions)
+            reply = await self._handle(interaction, text, image, mentions, fetcher or self.fetcher)
         except Exception:
             log.exception("command failed for interaction %s", interaction.id)
             reply = Reply(INTERNAL_ERROR, ok=False)
@@ -561,6 +566,7 @@ class DiscordAdapter:
         text: str,
         image: discord.Attachment | None,
         mentions: dict[str, str] | None,
+        fetcher: AttachmentFetcher,
     ) -> Reply:
         try:
             parse(text, self.bot.policy.rules)  # the same message the core would give, before any download
@@ -574,7 +580,7 @@ class DiscordAdapter:
                 filename=image.filename, content_type=image.content_type, size=image.size, url=image.url
             )
             try:
-                files = (await self.fetcher.fetch(self._session, info),)
+                files = (await fetcher.fetch(self._session, info),)
             except AttachmentRefused as exc:
                 return Reply(str(exc), ok=False)
         return await self.bot.handle(self._request(interaction, text, files, mentions))

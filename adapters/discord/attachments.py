@@ -25,7 +25,12 @@ from bot.jobs import InputFile
 
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
-_EXTENSION_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+_EXTENSION_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+}
 _CHUNK = 64 * 1024
 
 
@@ -79,20 +84,30 @@ class AttachmentFetcher:
     """
 
     def __init__(
-        self, *, max_bytes: int, extra_origins: Iterable[tuple[str, str]] = (), timeout_s: float = 30.0
+        self,
+        *,
+        max_bytes: int,
+        extra_origins: Iterable[tuple[str, str]] = (),
+        timeout_s: float = 30.0,
+        allowed_types: dict[str, str] | None = None,
+        what: str = "a JPEG, PNG or WEBP image",
+        noun: str = "a picture",
     ) -> None:
         self.max_bytes = max_bytes
         self.extra_origins = frozenset(extra_origins)
         self.timeout_s = timeout_s
+        self.allowed_types = allowed_types or IMAGE_TYPES
+        self.what = what
+        self.noun = noun
 
     def check(self, info: AttachmentInfo) -> str:
         """Refuses what can be refused before downloading; returns the content type to record."""
         name = _short(info.filename)
         content_type = declared_type(info)
-        if content_type not in IMAGE_TYPES:
+        if content_type not in self.allowed_types:
             shown = f" ({content_type})" if content_type else ""
             raise AttachmentRefused(
-                f"{name}{shown} is not a picture I can use; attach a JPEG, PNG or WEBP image. Nothing was charged."
+                f"{name}{shown} is not {self.noun} I can use; attach {self.what}. Nothing was charged."
             )
         if info.size > self.max_bytes:
             raise AttachmentRefused(
