@@ -444,6 +444,18 @@ class Store:
         rows = await self._read_all(sql + " ORDER BY queued_at, id", params)
         return [_row_to_job(r) for r in rows]
 
+    async def orphaned_jobs(self, states: Iterable[JobState], platforms: Iterable[str]) -> list[Job]:
+        """Jobs in ``states`` that no live process holds a lease on (left behind by a crash)."""
+        state_values = [s.value for s in states]
+        names = list(platforms)
+        rows = await self._read_all(
+            f"SELECT * FROM jobs WHERE state IN ({', '.join('?' * len(state_values))}) "
+            f"AND platform IN ({', '.join('?' * len(names))}) AND (lease_owner IS NULL OR lease_expires < ?) "
+            "ORDER BY queued_at, id",
+            (*state_values, *names, self._clock()),
+        )
+        return [_row_to_job(r) for r in rows]
+
     async def queue_position(self, job_id: str) -> int | None:
         """1 for the next queued job to start; None when the job is not queued."""
         row = await self._read_one(
@@ -490,6 +502,13 @@ class Store:
             await self._db.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
                 (job_id, owner),
+            )
+
+    async def release_leases(self, owner: str) -> None:
+        """Lets go of every job this owner drives (a clean stop), so a restart resumes them at once."""
+        async with self._tx():
+            await self._db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?", (owner,)
             )
 
     # --- budgets ---------------------------------------------------------------------------

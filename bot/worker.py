@@ -95,6 +95,9 @@ class Worker:
                 await task
         self._loop_task = None
         self._tasks.clear()
+        # A task cancelled inside its own ``finally`` may not have released its lease.
+        with contextlib.suppress(Exception):
+            await self.store.release_leases(self.owner)
         for job_id in list(self._last_card):
             self._last_card.pop(job_id, None)
 
@@ -181,6 +184,7 @@ class Worker:
                 per_user[job.user_key] = per_user.get(job.user_key, 0) + 1
                 self._fresh_submits.add(job.id)
                 self._spawn(job)
+                await self._card(job, force=True)
         await self._refresh_queue_positions(jobs)
 
     async def _refresh_queue_positions(self, jobs: list[Job]) -> None:
@@ -282,7 +286,7 @@ class Worker:
         except ProviderError as exc:
             await self._provider_trouble(job, exc, "submit")
             return
-        await self.store.update_job(
+        job = await self.store.update_job(
             job.id,
             state=JobState.RENDERING,
             provider_video_id=video.id,
@@ -290,6 +294,7 @@ class Worker:
             expect=[JobState.SUBMITTING],
         )
         await self.store.renew_lease(job.id, self.owner, self.lease_seconds)
+        await self._card(job, force=True)
 
     async def _provider_trouble(self, job: Job, exc: ProviderError, step: str) -> None:
         if step == "submit" and exc.ambiguous:

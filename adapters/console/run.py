@@ -69,7 +69,13 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
     delivery = ConsoleDelivery(out=out)
     app.bot.register(delivery)
     try:
-        unfinished = await app.store.jobs_in_states([*RESUMABLE_STATES, JobState.RECEIVED], ["console"])
+        # Jobs another terminal is driving right now hold a live lease and are not ours to wait for;
+        # queued ones are anybody's to run.
+        unfinished = [
+            job
+            for job in await app.store.orphaned_jobs([*RESUMABLE_STATES, JobState.RECEIVED], ["console"])
+            if job.state is not JobState.RECEIVED or app.bot.clock() - job.created_at > 30
+        ]
         if unfinished:
             err.print(f"Resuming {len(unfinished)} unfinished job(s) from an earlier run.")
         await app.worker.start()
