@@ -631,3 +631,38 @@ async def test_a_burst_of_commands_is_acknowledged_in_time_and_each_answered(
         assert len(fake.bot_messages(CHANNEL)) == 60
     finally:
         await slack.stop()
+
+
+async def test_cameo_register_by_mention_and_approval_through_direct_message_buttons(http_slack: SlackBot) -> None:
+    """Likeness consent on Slack: register with a picture, confirm, then the owner approves by DM button."""
+    slack, fake = http_slack, http_slack.fake
+    file = fake.add_file(png(), "me.png")
+    post = fake.user_post(f"<@{fake.bot_user_id}> cameo register", files=[file], user=ALICE)
+    await fake.event(fake.mention_event(post))
+    await slack.settle()
+    [answer] = [e for e in fake.ephemerals if e["user"] == ALICE]
+    assert "consent" in answer["text"].lower() and "cameo_confirm" in str(answer["blocks"])
+    await fake.command("cameo confirm", user=ALICE)
+    await slack.settle()  # the work after each ack runs in the background
+    await fake.command("cameo audience approved", user=ALICE)
+    await slack.settle()
+    assert any("people you approve" in str(r) for r in [*fake.responses, *fake.ephemerals]), fake.responses
+
+    await fake.command(f"a walk on the beach --seconds 4 --cameo <@{ALICE}|alice>", user=BOB)
+    await slack.settle()
+    job = await slack.only_job(user=BOB)
+    assert job.state is JobState.PENDING_CONSENT
+    dm = fake.dm_channel(ALICE)
+    [request] = [m for m in fake.messages_in(dm) if "cameo_approve" in str(m.get("blocks"))]
+    approve = next(
+        e["action_id"]
+        for b in request["blocks"]
+        if b.get("type") == "actions"
+        for e in b["elements"]
+        if e["action_id"].startswith("cameo_approve:")
+    )
+    ack = await fake.interact(fake.block_action(dm, request["ts"], approve, user=ALICE))
+    assert ack.status == 200 and ack.elapsed < 3.0
+    job = await slack.delivered(job.id)
+    assert job.state is JobState.DELIVERED and job.options.cameo == f"slack:{TEAM_ID}:{ALICE}"
+    assert len(fake.uploads) == 1

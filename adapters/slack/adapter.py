@@ -40,7 +40,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack import blocks
 from adapters.slack.delivery import SlackDelivery, slack_error_code
 from adapters.slack.files import SlackFileRefused, SlackFiles
-from bot.commands import CommandError, VideoCommand, parse
+from bot.commands import CameoCommand, CommandError, VideoCommand, parse
 from bot.config import Settings
 from bot.core import MAX_ATTACHMENT_BYTES, ReelBot, Reply
 from bot.jobs import ChatRequest, InputFile, JobState, Requester
@@ -589,8 +589,9 @@ class SlackAdapter:
         except CommandError as exc:
             return Reply(str(exc), ok=False)
         attachments: tuple[InputFile, ...] = ()
-        if isinstance(command, VideoCommand) and files:
-            refused = await self._fetch(files)
+        registering = isinstance(command, CameoCommand) and command.action == "register"
+        if files and (isinstance(command, VideoCommand) or registering):
+            refused = await self._fetch(files, allow_video=registering)
             if isinstance(refused, Reply):
                 return refused
             attachments = refused
@@ -606,11 +607,11 @@ class SlackAdapter:
         )
         return await self.bot.handle(request)
 
-    async def _fetch(self, files: list[dict]) -> tuple[InputFile, ...] | Reply:
+    async def _fetch(self, files: list[dict], *, allow_video: bool = False) -> tuple[InputFile, ...] | Reply:
         if len(files) > 1:
             return Reply("Attach one image at most; it becomes the clip's first frame.", ok=False)
         try:
-            return (await self.files.download(files[0]),)
+            return (await self.files.download(files[0], allow_video=allow_video),)
         except SlackFileRefused as exc:
             return Reply(f"{exc.user_message} Nothing was charged.", ok=False)
 

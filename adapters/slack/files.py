@@ -110,7 +110,7 @@ class SlackFiles:
         # The configured Web API host: same scheme and port as SLACK_API_URL.
         return (scheme, parts.netloc.lower()) == self._api_origin
 
-    def precheck(self, file: dict) -> None:
+    def precheck(self, file: dict, *, allow_video: bool = False) -> None:
         """Refuses, before any download, what Slack already tells us we cannot use."""
         name = _name(file)
         mode = file.get("mode")
@@ -119,7 +119,7 @@ class SlackFiles:
         if mode == "external" or file.get("is_external"):
             raise SlackFileRefused(f"{name} is a link to another service; please upload the picture to Slack itself.")
         mimetype = str(file.get("mimetype") or "").lower()
-        if mimetype.startswith(_NOT_PICTURES):
+        if mimetype.startswith(_NOT_PICTURES) and not (allow_video and mimetype.startswith("video/")):
             raise SlackFileRefused(f"{name} is not a picture ({mimetype}); attach a JPEG, PNG or WEBP image.")
         size = file.get("size")
         if isinstance(size, int | float) and size > self.max_bytes:
@@ -150,15 +150,15 @@ class SlackFiles:
             raise SlackFileRefused("I couldn't find that file in Slack any more; please attach it again.") from None
         return dict(response.get("file") or {})
 
-    async def download(self, file: dict) -> InputFile:
+    async def download(self, file: dict, *, allow_video: bool = False) -> InputFile:
         """The file's bytes as an ``InputFile``.
 
         Raises:
             SlackFileRefused: too big, not a picture, on a host we don't trust, or not served.
         """
-        self.precheck(file)
+        self.precheck(file, allow_video=allow_video)
         file = await self._complete(file)
-        self.precheck(file)
+        self.precheck(file, allow_video=allow_video)
         name = _name(file)
         url = str(file.get("url_private_download") or file.get("url_private") or "")
         if not self.trusted(url):
