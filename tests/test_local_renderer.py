@@ -288,6 +288,21 @@ async def test_delete_cancels_a_running_render(tmp_path: Path) -> None:
         await provider.aclose()
 
 
+async def test_delete_of_a_queued_render_does_not_wait_for_a_slot(tmp_path: Path) -> None:
+    provider = LocalRenderer(work_dir=tmp_path, fps=12, min_render_seconds=20, max_parallel=1)
+    try:
+        running = await provider.create(spec(seconds=2))
+        queued = await provider.create(spec(seconds=2))
+        await wait_for_progress(provider, running.id)
+        started = time.monotonic()
+        await provider.delete(queued.id)
+        assert time.monotonic() - started < 1
+        assert not list(tmp_path.glob(f"{queued.id}*"))
+        assert (await provider.retrieve(running.id)).status is VideoStatus.IN_PROGRESS
+    finally:
+        await provider.aclose()
+
+
 async def test_delete_removes_a_finished_clip(renderer: LocalRenderer) -> None:
     created = await renderer.create(spec())
     await finish(renderer, created.id)
@@ -387,3 +402,16 @@ async def test_sidecar_is_written_before_create_returns(tmp_path: Path) -> None:
     finally:
         await provider.aclose()
     assert (tmp_path / f"{created.id}.json").exists()  # shutting down keeps it for the next process
+
+
+async def test_a_damaged_sidecar_is_a_server_error_not_a_crash(tmp_path: Path) -> None:
+    provider = LocalRenderer(work_dir=tmp_path, fps=12)
+    try:
+        (tmp_path / "local_0123456789abcdef.json").write_text("{not json")
+        (tmp_path / "local_fedcba9876543210.json").write_text(json.dumps({"prompt": "x"}))
+        for video_id in ("local_0123456789abcdef", "local_fedcba9876543210"):
+            with pytest.raises(ProviderError) as err:
+                await provider.retrieve(video_id)
+            assert err.value.kind is ErrorKind.SERVER
+    finally:
+        await provider.aclose()
