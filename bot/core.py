@@ -305,9 +305,19 @@ class ReelBot:
         delivery = self.deliveries.get(job.platform)
         if delivery is not None and job.card_ref is None:
             try:
-                card_ref = await delivery.post_card(job, texts.card_view(job, position))
+                card_ref = await self._post_card(delivery, job, position)
             except DeliveryError as exc:
-                job = await self.store.finish_job(job.id, JobState.CANCELLED, error=exc.user_message) or job
+                cancelled = await self.store.finish_job(
+                    job.id, JobState.CANCELLED, error=exc.user_message, expect=[JobState.QUEUED]
+                )
+                job = cancelled or job
+                if exc.retryable:
+                    return Reply(
+                        "The chat platform is too busy to take the job card right now. Nothing was "
+                        "charged; send the command again in a minute.",
+                        ok=False,
+                        job=job,
+                    )
                 return Reply(f"{exc.user_message} Nothing was charged.", ok=False, job=job)
             job = await self.store.update_job(job.id, card_ref=card_ref)
         self.wake()
@@ -315,6 +325,17 @@ class ReelBot:
         if admission.warn:
             text += " " + texts.warning_text(admission.usage, self.policy.budget_period)
         return Reply(text, job=job)
+
+    async def _post_card(self, delivery: Delivery, job: Job, position: int | None, tries: int = 2) -> str:
+        """Posts the job card, trying a passing failure (a rate limit) again a couple of times."""
+        for attempt in range(tries):
+            try:
+                return await delivery.post_card(job, texts.card_view(job, position))
+            except DeliveryError as exc:
+                if not exc.retryable or attempt == tries - 1:
+                    raise
+                await asyncio.sleep(1.0 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # --- job actions (commands and buttons) -------------------------------------------------
 

@@ -28,6 +28,9 @@ from bot.store import StoreError
 
 log = logging.getLogger(__name__)
 
+# A queued job starts once its card is posted; if posting it crashed, the job starts anyway after this.
+CARD_GRACE_SECONDS = 60.0
+
 _CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
@@ -168,6 +171,8 @@ class Worker:
                 if job.cancel_requested:
                     await self._finish(job, JobState.CANCELLED, "cancelled")
                     continue
+                if job.card_ref is None and now - job.updated_at < CARD_GRACE_SECONDS:
+                    continue  # its card is still being posted (perhaps waiting out a rate limit)
                 if active_total >= self.max_in_flight:
                     continue
                 if per_user.get(job.user_key, 0) >= self.max_per_user:

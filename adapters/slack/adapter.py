@@ -33,6 +33,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
@@ -142,6 +143,8 @@ class SlackAdapter:
         self.command = command
         self._app_token = app_token
         self.client = AsyncWebClient(token=bot_token, base_url=api_url)
+        # Wait out Slack's 429s (Retry-After) instead of failing: all Web API work happens after the ack.
+        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
         self.app = AsyncApp(
             client=self.client,
             signing_secret=signing_secret or "",
