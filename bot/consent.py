@@ -162,7 +162,9 @@ class Cameos:
 
     async def _register(self, request: ChatRequest) -> Reply:
         requester = request.requester
-        files = [a for a in request.attachments if a.data]
+        files = list(request.attachments)
+        if len(files) == 1 and not files[0].data:
+            return Reply(f"{files[0].filename} is empty.", ok=False)
         if len(files) != 1:
             return Reply(
                 "Attach exactly one image (JPEG, PNG or WEBP) or one 2-4 s video of yourself to register a cameo.",

@@ -214,7 +214,7 @@ class ReelBot:
             return Reply(f"No price is known for {command.model} at {command.size}, so I can't make it.", ok=False)
 
         if reference is None:
-            images = [a for a in request.attachments if a.data]
+            images = list(request.attachments)
             if len(images) > 1:
                 return Reply("Attach one image at most; it becomes the clip's first frame.", ok=False)
             if images:

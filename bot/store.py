@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -183,6 +184,26 @@ _UPDATABLE = frozenset(
         "started_at",
     }
 )
+
+
+def lease_owner_id() -> str:
+    """``host:pid:token``: lets another process on this host tell when a lease's owner has died."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def lease_owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` was a process on this host that no longer exists (killed, crashed)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def new_job_id() -> str:
@@ -503,6 +524,21 @@ class Store:
                 "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
                 (job_id, owner),
             )
+
+    async def expire_dead_leases(self) -> int:
+        """Frees the leases of processes on this host that died holding them; returns how many owners."""
+        rows = await self._read_all(
+            "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_expires >= ?",
+            (self._clock(),),
+        )
+        gone = [row[0] for row in rows if lease_owner_is_gone(row[0])]
+        if gone:
+            async with self._tx():
+                for owner in gone:
+                    await self._db.execute(
+                        "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?", (owner,)
+                    )
+        return len(gone)
 
     async def release_leases(self, owner: str) -> None:
         """Lets go of every job this owner drives (a clean stop), so a restart resumes them at once."""

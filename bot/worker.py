@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from bot.jobs import ACTIVE_STATES, Job, JobState
 from bot.media import MediaError, probe_clip
 from bot.polling import AdaptivePoller
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, ReferenceImage, RenderSpec, VideoStatus
-from bot.store import StoreError
+from bot.store import StoreError, lease_owner_id
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ class Worker:
         self.max_in_flight = max_in_flight
         self.max_per_user = max_per_user
         self.render_deadline_s = render_deadline_s
-        self.owner = owner or f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.owner = owner or lease_owner_id()
         self.lease_seconds = lease_seconds
         self.tick_seconds = tick_seconds
         self.max_submit_tries = max_submit_tries
@@ -128,6 +126,8 @@ class Worker:
             return await _wait()
 
     async def _loop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.expire_dead_leases()  # jobs of a killed process resume now, not in a minute
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
         # as the event fires, and the loop would never stop.
         while not self._stopping:
@@ -363,7 +363,9 @@ class Worker:
             await self._sleep(self._next_poll(poller, video, self.bot.clock() - started))
 
     def _next_poll(self, poller: AdaptivePoller, video: ProviderVideo, elapsed: float) -> float:
-        return poller.next_delay(elapsed=elapsed, progress=video.progress, hint=video.poll_after)
+        # Jitter keeps jobs started together from polling together (a thundering herd on the pool).
+        delay = poller.next_delay(elapsed=elapsed, progress=video.progress, hint=video.poll_after)
+        return delay * self._rng.uniform(0.9, 1.1) if video.poll_after is None else delay
 
     async def _download(self, job: Job) -> None:
         assert job.provider_video_id is not None

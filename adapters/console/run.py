@@ -69,6 +69,7 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
     delivery = ConsoleDelivery(out=out)
     app.bot.register(delivery)
     try:
+        await app.store.expire_dead_leases()
         # Jobs another terminal is driving right now hold a live lease and are not ours to wait for;
         # queued ones are anybody's to run.
         unfinished = [
@@ -102,7 +103,25 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
             )
         job = reply.job
         if job is not None and not args.no_wait and not job.state.is_final:
-            job = await app.worker.wait_for(job.id, timeout=args.timeout)
+            try:
+                job = await app.worker.wait_for(job.id, timeout=args.timeout)
+            except TimeoutError:
+                job = await app.store.get_job(job.id) or job
+                usage = await app.bot.usage_for("console", args.workspace, user)
+                message = (
+                    f"Stopped waiting after {args.timeout:g} s; job {job.id} is still {job.state.value} "
+                    "and continues at the next start."
+                )
+                return _finish(
+                    out,
+                    err,
+                    args,
+                    ok=False,
+                    message=message,
+                    job=job,
+                    remaining=usage.remaining_micros,
+                    reply=reply.text,
+                )
         if not args.no_wait:
             for earlier in unfinished:
                 if job is None or earlier.id != job.id:

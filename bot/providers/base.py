@@ -28,6 +28,7 @@ class ErrorKind(StrEnum):
     MODEL_UNAVAILABLE = "model_unavailable"
     TIMEOUT = "timeout"
     RATE_LIMITED = "rate_limited"
+    QUOTA = "quota"  # the account is out of credit or quota: only an admin can fix it
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
     SERVER = "server"
@@ -41,6 +42,7 @@ _PLAIN: dict[ErrorKind, str] = {
     ErrorKind.MODEL_UNAVAILABLE: "The video service does not offer this model (it may be retired).",
     ErrorKind.TIMEOUT: "The video service did not finish in time.",
     ErrorKind.RATE_LIMITED: "The video service is busy (rate limited); try again in a little while.",
+    ErrorKind.QUOTA: "reelbot's video service account is out of credit or quota; an admin needs to check its billing.",
     ErrorKind.BAD_REQUEST: "The video service refused the request.",
     ErrorKind.NOT_FOUND: "The video service no longer knows this video.",
     ErrorKind.SERVER: "The video service had an internal error.",

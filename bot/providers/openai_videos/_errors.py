@@ -136,9 +136,10 @@ def error_from_status(
         return ProviderError(ErrorKind.NOT_FOUND, detail, status_code=status)
     if status == 429:
         # insufficient_quota needs a human (billing); waiting will not fix it.
-        quota = code == "insufficient_quota" or (info.type or "") == "insufficient_quota"
+        if code == "insufficient_quota" or (info.type or "") == "insufficient_quota":
+            return ProviderError(ErrorKind.QUOTA, detail, status_code=status)
         return ProviderError(
-            ErrorKind.RATE_LIMITED, detail, retryable=not quota, retry_after=retry_after, status_code=status
+            ErrorKind.RATE_LIMITED, detail, retryable=True, retry_after=retry_after, status_code=status
         )
     if status == 408:
         return ProviderError(ErrorKind.TIMEOUT, detail, retryable=True, status_code=status)

@@ -1,0 +1,365 @@
+"""Budget reservations per second through the real ``Store.admit`` (aim: > 1,000/s with 50 tasks).
+
+``Store.admit`` is the money path of every clip request: one ``BEGIN IMMEDIATE`` transaction that
+reads the limit and the period's usage, refuses or reserves, writes the ledger row and queues the
+job. Each measured call admits its own job row, inserted (state ``received``) before the clock
+starts, for one of 100 people, into a fresh SQLite file (WAL) in a temp dir.
+
+Cases, measured side by side in one run and interleaved (run 1 of every case, then run 2...):
+
+- **1 process, C concurrent tasks** for C in ``--concurrency`` (default 1, 10, 50): one ``Store``
+  (one aiosqlite connection), C asyncio tasks calling ``admit`` as fast as they can;
+- **2 processes x 50 tasks** on the same data dir: two child processes, each with its own
+  ``Store`` on the same file, start together and admit disjoint halves of the jobs; the rate is
+  all jobs / (last finish - first start). SQLite's write lock is shared between them.
+
+After every run the ledger is checked: exactly one ``reserve`` per job, and the usage rows add up
+to the reserved total. Figures are the median of ``--runs`` runs.
+
+Run: ``python benchmarks/bench_reservations.py [--jobs 2000] [--runs 5] [--concurrency 1 10 50]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bot.jobs import Job, JobOptions, JobState  # noqa: E402
+from bot.store import Store  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_reservations.json"
+WHAT_IF_RESULTS = ROOT / "benchmarks" / "results" / "bench_reservations_what_if.json"
+AIM_PER_S = 1000.0
+AIM_CONCURRENCY = 50
+COST = 400_000
+PERIOD = "2026-11"
+PEOPLE = 100
+
+
+def tasks(count: int) -> str:
+    return f"{count} task" if count == 1 else f"{count} tasks"
+
+
+def job(index: int) -> Job:
+    now = time.time()
+    user = f"u{index % PEOPLE}"
+    return Job(
+        id=f"j{index:07d}",
+        request_key=f"bench:{index}",
+        platform="console",
+        workspace_id="bench",
+        user_id=user,
+        user_name=f"@{user}",
+        channel_id="terminal",
+        thread_id=None,
+        prompt=f"bench clip {index}",
+        options=JobOptions("sora-2", "1280x720", 4),
+        state=JobState.RECEIVED,
+        cost_micros=COST,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def prepare(db_path: Path, count: int) -> None:
+    store = await Store.open(db_path)
+    try:
+        for index in range(count):
+            await store.insert_job(job(index))
+    finally:
+        await store.close()
+
+
+async def admit_all(store: Store, ids: list[str], concurrency: int) -> dict:
+    """Admits every job in ``ids`` with ``concurrency`` tasks; returns wall-clock start/end (time.time)."""
+    pending = iter(ids)
+    refused = 0
+
+    async def task() -> None:
+        nonlocal refused
+        for job_id in pending:  # a shared iterator: each id is taken once
+            admission = await store.admit(
+                job_id,
+                period=PERIOD,
+                default_subject="default:console:bench",
+                fallback_limit=10**15,
+                queued_state=JobState.QUEUED,
+            )
+            refused += not admission.admitted
+
+    start = time.time()
+    await asyncio.gather(*(task() for _ in range(concurrency)))
+    end = time.time()
+    return {"start": start, "end": end, "admitted": len(ids) - refused, "refused": refused}
+
+
+async def admit_in_this_process(db_path: Path, ids: list[str], concurrency: int, what_if: str = "") -> dict:
+    store = await Store.open(db_path)
+    if what_if:
+        apply_what_if(store, what_if)
+    try:
+        return await admit_all(store, ids, concurrency)
+    finally:
+        await store.close()
+
+
+def apply_what_if(store: Store, what_if: str) -> None:
+    """Investigation only: a proposed fix patched into this process to measure its effect.
+
+    ``onehop``: ``admit`` runs its whole transaction (the same statements, the same decisions) as one
+    function on aiosqlite's connection thread, instead of ~10 statements that each cross from the
+    event loop to that thread and back.
+    """
+    if what_if != "onehop":
+        raise ValueError(f"unknown what-if {what_if!r}")
+    from bot.store import Admission, Usage
+
+    def admit_sync(conn: Any, job_id: str, period: str, default_subject: str, fallback: int, queued: str, now: float):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT platform, workspace_id, user_id, state, cost_micros FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            user_key = f"{row[0]}:{row[1]}:{row[2]}"
+            limit_row = conn.execute("SELECT limit_micros FROM budget_limits WHERE subject = ?", (user_key,)).fetchone()
+            if limit_row is None:
+                limit_row = conn.execute(
+                    "SELECT limit_micros FROM budget_limits WHERE subject = ?", (default_subject,)
+                ).fetchone()
+            limit = limit_row[0] if limit_row else fallback
+            usage = conn.execute(
+                "SELECT spent_micros, reserved_micros, warned FROM budget_usage WHERE user_key = ? AND period = ?",
+                (user_key, period),
+            ).fetchone()
+            spent, reserved, warned = (usage[0], usage[1], bool(usage[2])) if usage else (0, 0, False)
+            already = conn.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,)).fetchone()
+            if already or row[3] not in ("received", "pending_consent"):
+                conn.execute("COMMIT")
+                return Admission(already is not None, Usage(spent, reserved, limit, warned))
+            cost = row[4]
+            if spent + reserved + cost > limit:
+                conn.execute(
+                    "UPDATE jobs SET state = 'refused', error = 'budget', updated_at = ? WHERE id = ?", (now, job_id)
+                )
+                conn.execute("COMMIT")
+                return Admission(False, Usage(spent, reserved, limit, warned))
+            reserved += cost
+            warn = not warned and limit > 0 and (spent + reserved) * 5 >= limit * 4
+            conn.execute(
+                "INSERT INTO budget_usage (user_key, period, spent_micros, reserved_micros, warned) "
+                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (user_key, period) DO UPDATE SET "
+                "reserved_micros = reserved_micros + excluded.reserved_micros, warned = MAX(warned, excluded.warned)",
+                (user_key, period, cost, int(warn)),
+            )
+            conn.execute(
+                "INSERT INTO ledger (job_id, user_key, period, kind, amount_micros, at) "
+                "VALUES (?, ?, ?, 'reserve', ?, ?)",
+                (job_id, user_key, period, cost, now),
+            )
+            conn.execute(
+                "UPDATE jobs SET state = ?, budget_period = ?, queued_at = ?, updated_at = ? WHERE id = ?",
+                (queued, period, now, now, job_id),
+            )
+            conn.execute("COMMIT")
+            return Admission(True, Usage(spent, reserved, limit, warned or warn), warn=warn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def admit(job_id: str, *, period: str, default_subject: str, fallback_limit: int, queued_state: JobState):
+        async with store._lock:
+            return await store._db._execute(
+                admit_sync,
+                store._db._conn,
+                job_id,
+                period,
+                default_subject,
+                fallback_limit,
+                queued_state.value,
+                store._clock(),
+            )
+
+    store.admit = admit  # type: ignore[method-assign]
+
+
+def check_ledger(db_path: Path, count: int) -> None:
+    with sqlite3.connect(db_path) as db:
+        reserves = db.execute("SELECT COUNT(*), COUNT(DISTINCT job_id) FROM ledger WHERE kind = 'reserve'").fetchone()
+        reserved = db.execute("SELECT COALESCE(SUM(reserved_micros), 0) FROM budget_usage").fetchone()[0]
+        queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+    assert reserves == (count, count), f"ledger reserve rows {reserves}, expected {count}"
+    assert reserved == count * COST, f"reserved {reserved}, expected {count * COST}"
+    assert queued == count, f"{queued} queued jobs, expected {count}"
+
+
+def one_process(count: int, concurrency: int, what_if: str = "") -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-reserve-") as tmp:
+        db_path = Path(tmp) / "data" / "reelbot.db"
+        asyncio.run(prepare(db_path, count))
+        ids = [job(i).id for i in range(count)]
+        timing = asyncio.run(admit_in_this_process(db_path, ids, concurrency, what_if))
+        check_ledger(db_path, count)
+    seconds = timing["end"] - timing["start"]
+    return {"per_s": round(count / seconds, 1), "seconds": round(seconds, 3)}
+
+
+def two_processes(count: int, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-reserve-") as tmp:
+        db_path = Path(tmp) / "data" / "reelbot.db"
+        asyncio.run(prepare(db_path, count))
+        half = count // 2
+        slices = [(0, half), (half, count)]
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--child", str(db_path), str(lo), str(hi), str(concurrency)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for lo, hi in slices
+        ]
+        try:
+            for child in children:  # each says "ready" once its store is open
+                assert child.stdout is not None
+                assert json.loads(child.stdout.readline())["ready"]
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            results = []
+            for child in children:
+                assert child.stdout is not None
+                results.append(json.loads(child.stdout.readline()))
+        finally:
+            for child in children:
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        check_ledger(db_path, count)
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return {"per_s": round(count / seconds, 1), "seconds": round(seconds, 3)}
+
+
+async def child_main(db_path: Path, lo: int, hi: int, concurrency: int) -> None:
+    """One of the two processes: opens its own Store, says ready, waits for "go", admits its half."""
+    store = await Store.open(db_path)
+    try:
+        ids = [job(i).id for i in range(lo, hi)]
+        sys.stdout.write(json.dumps({"ready": True}) + "\n")
+        sys.stdout.flush()
+        await asyncio.to_thread(sys.stdin.readline)
+        result = await admit_all(store, ids, concurrency)
+    finally:
+        await store.close()
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs admitted per run")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--what-if",
+        nargs="+",
+        default=[],
+        metavar="VARIANT",
+        help="also measure one process with a proposed fix patched in (onehop), interleaved; saved to "
+        f"{WHAT_IF_RESULTS.name}",
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        db, lo, hi, concurrency = args.child
+        asyncio.run(child_main(Path(db), int(lo), int(hi), int(concurrency)))
+        return
+
+    started = time.perf_counter()
+    cases: list[tuple[str, int, int, str]] = [(f"1 process, {tasks(c)}", 1, c, "") for c in args.concurrency]
+    if not args.what_if:
+        cases.append((f"2 processes, {AIM_CONCURRENCY} tasks each, one data dir", 2, AIM_CONCURRENCY, ""))
+    for variant in args.what_if:
+        cases += [(f"1 process, {tasks(c)}, what-if {variant}", 1, c, variant) for c in args.concurrency]
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
+    for index in range(args.runs):
+        for name, processes, concurrency, variant in cases:
+            if processes == 1:
+                result = one_process(args.jobs, concurrency, variant)
+            else:
+                result = two_processes(args.jobs, concurrency)
+            samples[name].append(result)
+            print(f"run {index + 1}/{args.runs} {name}: {result['per_s']}/s", flush=True)
+
+    rows = []
+    for name, processes, concurrency, variant in cases:
+        rates = [r["per_s"] for r in samples[name]]
+        rows.append(
+            {
+                "case": name,
+                "processes": processes,
+                "concurrency": concurrency,
+                "variant": variant or "as-is",
+                "jobs": args.jobs,
+                "runs": len(rates),
+                "per_s_median": round(statistics.median(rates), 1),
+                "per_s_min": min(rates),
+                "per_s_max": max(rates),
+                "ms_per_admit_median": round(1000 / statistics.median(rates), 3),
+            }
+        )
+    print("\n| case | reservations/s (median) | min | max | ms per reservation |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['case']} | {row['per_s_median']} | {row['per_s_min']} | {row['per_s_max']} "
+            f"| {row['ms_per_admit_median']} |"
+        )
+    summary = [
+        {
+            "metric": f"reservations/s, {row['case']} (Store.admit, median of {row['runs']})",
+            "figure": f"{row['per_s_median']:,.0f}/s (runs {row['per_s_min']:,.0f}-{row['per_s_max']:,.0f})",
+            "aim": f"> {AIM_PER_S:,.0f}/s",
+            "met": row["per_s_median"] > AIM_PER_S,
+        }
+        for row in rows
+        if row["concurrency"] == AIM_CONCURRENCY
+    ]
+    if not args.no_save:
+        target = WHAT_IF_RESULTS if args.what_if else RESULTS
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            json.dumps(
+                {
+                    "benchmark": target.stem,
+                    "command": "python benchmarks/bench_reservations.py " + " ".join(sys.argv[1:]),
+                    "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
+                    "summary": summary,
+                    "rows": rows,
+                    "samples": samples,
+                    "wall_seconds": round(time.perf_counter() - started, 1),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
