@@ -177,3 +177,56 @@ async def test_first_sighting_is_durable(tmp_path: Path) -> None:
         assert not await s.first_sighting("slack:event:Ev1")
     finally:
         await s.close()
+
+
+async def test_budget_usage_always_equals_the_ledger(tmp_path):
+    """The ledger_moves_usage trigger keeps budget_usage the sum of the ledger, whatever mix of moves."""
+    store = await Store.open(tmp_path / "reelbot.db")
+    try:
+        outcomes = [JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED, None]
+        for index in range(12):
+            job = make_job(user="u1" if index % 3 else "u2", cost=100_000 + index)
+            await store.insert_job(job)
+            await store.admit(
+                job.id,
+                period="2026-11",
+                default_subject="default:x",
+                fallback_limit=10**9,
+                queued_state=JobState.QUEUED,
+            )
+            outcome = outcomes[index % len(outcomes)]
+            if outcome is not None:
+                await store.finish_job(job.id, outcome)
+        ledger = await store._read_all(
+            "SELECT user_key, "
+            "SUM(CASE kind WHEN 'reserve' THEN amount_micros ELSE -amount_micros END), "
+            "SUM(CASE kind WHEN 'settle' THEN amount_micros ELSE 0 END) FROM ledger GROUP BY user_key ORDER BY user_key"
+        )
+        usage = await store._read_all(
+            "SELECT user_key, reserved_micros, spent_micros FROM budget_usage WHERE period = '2026-11' ORDER BY user_key"
+        )
+        assert [tuple(r) for r in ledger] == [tuple(r) for r in usage]
+        assert all(r[1] > 0 and r[2] > 0 for r in usage)
+    finally:
+        await store.close()
+
+
+async def test_a_version_2_database_gains_the_usage_trigger(tmp_path):
+    path = tmp_path / "reelbot.db"
+    store = await Store.open(path)
+    await store._db.execute("DROP TRIGGER ledger_moves_usage")
+    await store._db.execute("PRAGMA user_version = 2")
+    await store.close()
+    store = await Store.open(path)
+    try:
+        assert (await store._read_one("PRAGMA user_version"))[0] == store.schema_version == 3
+        job = make_job(user="u1", cost=400_000)
+        await store.insert_job(job)
+        await store.admit(
+            job.id, period="2026-11", default_subject="default:x", fallback_limit=10**9, queued_state=JobState.QUEUED
+        )
+        await store.finish_job(job.id, JobState.DELIVERED)
+        usage = await store.usage("console:w:u1", "2026-11", default_subject="default:x", fallback_limit=10**9)
+        assert (usage.spent_micros, usage.reserved_micros) == (400_000, 0)
+    finally:
+        await store.close()
