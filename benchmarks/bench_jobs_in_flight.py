@@ -16,8 +16,8 @@ For each N (default 10, 100, 1000) and each run, a fresh bot process:
 3. waits ``--settle`` seconds so the poll schedule reaches its steady state (with no progress
    reported the interval grows 1.5x per poll up to 10 s);
 4. measures over ``--window`` seconds of waiting: process CPU time (all threads, including
-   aiosqlite's) / wall time, as % of one core, and ``retrieve`` calls seen by the fake server
-   per job per minute;
+   aiosqlite's) / wall time, as % of one core, and status calls seen by the fake server (single
+   ``retrieve`` calls plus list pages fetched by sweeps) per job per minute;
 5. reports VmHWM (the process's peak RSS since it started) and the growth over the baseline.
 
 Aims (the issue): 1,000 in flight under 200 MB peak RSS and under 10% of one core while waiting.
@@ -26,9 +26,11 @@ Figures are the median of ``--runs`` runs per N.
 Run: ``python benchmarks/bench_jobs_in_flight.py [--n 10 100 1000] [--runs 3] [--window 20] [--settle 25]``
 Profile one case: ``python benchmarks/bench_jobs_in_flight.py --n 1000 --runs 1 --profile`` (cProfile of the
 window, written to ``results/profile_jobs_in_flight_*.prof``).
-What-if: ``python benchmarks/bench_jobs_in_flight.py --n 1000 --what-if limit limit+sniffio`` measures the
-bot as it is beside the bot with a proposed fix patched into the measured process (see
-``apply_what_if``), interleaved run by run; saved to ``results/bench_jobs_in_flight_what_if.json``.
+What-if: ``python benchmarks/bench_jobs_in_flight.py --n 1000 --what-if no-sweep`` measures the bot as it is
+beside the same bot with render sweeps disabled (``no-sweep``: the worker's ``RenderWatcher`` never
+lists renders in pages and polls every render one by one with ``retrieve``, as before sweeps
+existed; see ``apply_what_if``), interleaved run by run, to show what the sweeps save; saved to
+``results/bench_jobs_in_flight_what_if.json``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tests.helpers_processes import FakeVideosProcess  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "bench_jobs_in_flight.json"
 WHAT_IF_RESULTS = ROOT / "benchmarks" / "results" / "bench_jobs_in_flight_what_if.json"
 AS_IS = "as-is"
+WHAT_IF_VARIANTS = ("no-sweep",)
 AIM_RSS_MB = 200.0
 AIM_CPU_PCT = 10.0
 AIM_N = 1000
@@ -72,39 +75,15 @@ def status_kb(field: str) -> int:
 
 
 def apply_what_if(app: Any, what_if: str) -> None:
-    """Investigation only: the proposed fixes, patched into this process to measure their effect.
+    """A variant of the bot, set up in this process before the worker starts.
 
-    ``limit``: at most 16 provider requests in flight at once (an ``asyncio.Semaphore`` around the
-    provider's ``httpx.AsyncClient.send``), so httpcore's pool never holds a long queue.
-    ``jitter``: each poll delay times a random factor in [0.8, 1.2], so jobs started together do
-    not poll together.
-    ``sniffio``: makes ``import sniffio`` succeed (a stub answering "asyncio"), as installing the
-    ``sniffio`` package would: httpcore 1.0 imports it for every lock it makes, and a failed import
-    searches ``sys.path`` each time.
+    ``no-sweep``: the worker's ``RenderWatcher`` never sweeps (lists the renders in pages); it polls
+    every render one by one with ``retrieve``, as the bot did before sweeps existed.
     """
-    import random
-    import types
-
-    if "sniffio" in what_if and "sniffio" not in sys.modules:
-        stub = types.ModuleType("sniffio")
-        stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
-        sys.modules["sniffio"] = stub
-
-    if "limit" in what_if:
-        client = app.provider._client
-        gate = asyncio.Semaphore(16)
-        send = client.send
-
-        async def limited_send(*args: Any, **kwargs: Any) -> Any:
-            async with gate:
-                return await send(*args, **kwargs)
-
-        client.send = limited_send
-    if "jitter" in what_if:
-        worker = app.worker
-        next_poll = worker._next_poll
-        rng = random.Random(7)
-        worker._next_poll = lambda *a: next_poll(*a) * rng.uniform(0.8, 1.2)
+    if what_if == "no-sweep":
+        app.worker.renders._batch_min_due = 10**9  # never this many renders due at once
+    else:
+        raise ValueError(f"unknown what-if {what_if!r} (known: {', '.join(WHAT_IF_VARIANTS)})")
 
 
 async def measure(
@@ -171,10 +150,13 @@ async def measure(
                 profiler = cProfile.Profile()
                 profiler.enable()
             calls_before = await asyncio.to_thread(read_counts)
+            sweeps0, singles0 = app.worker.renders.sweeps, app.worker.renders.single_retrieves
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await asyncio.sleep(window)
             cpu1, wall1 = time.process_time(), time.perf_counter()
             calls_after = await asyncio.to_thread(read_counts)
+            sweeps = app.worker.renders.sweeps - sweeps0
+            singles = app.worker.renders.single_retrieves - singles0
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(profile)
@@ -184,6 +166,7 @@ async def measure(
             await app.close()
     wall = wall1 - wall0
     retrieves = calls_after.get("retrieve", 0) - calls_before.get("retrieve", 0)
+    lists = calls_after.get("list", 0) - calls_before.get("list", 0)
     return {
         "n": n,
         "baseline_rss_mb": round(baseline_kb / 1024, 1),
@@ -191,8 +174,11 @@ async def measure(
         "rss_mb": round(rss_kb / 1024, 1),
         "rss_growth_mb": round((hwm_kb - baseline_kb) / 1024, 1),
         "cpu_pct_of_core": round(100 * (cpu1 - cpu0) / wall, 2),
-        "calls_per_job_per_min": round(retrieves / n / (wall / 60), 2),
+        "calls_per_job_per_min": round((retrieves + lists) / n / (wall / 60), 2),
         "retrieves_in_window": retrieves,
+        "list_pages_in_window": lists,
+        "sweeps_in_window": sweeps,
+        "single_retrieves_in_window": singles,
         "window_s": round(wall, 1),
         "admitted_s": round(admitted_s, 2),
         "ramp_s": round(ramp_s, 2),
@@ -312,8 +298,8 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="VARIANT",
-        help="also measure the bot with a proposed fix patched in (limit, sniffio, jitter, or joined with +), "
-        f"interleaved with the bot as it is; saved to {WHAT_IF_RESULTS.name}",
+        help="also measure a variant of the bot, interleaved with the bot as it is: no-sweep (render sweeps "
+        f"disabled, every render polled one by one, to show what the sweeps save); saved to {WHAT_IF_RESULTS.name}",
     )
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--apply", default="", help=argparse.SUPPRESS)
@@ -330,6 +316,9 @@ def main() -> None:
         sys.stdout.flush()
         return
 
+    unknown = [v for v in args.what_if if v not in WHAT_IF_VARIANTS]
+    if unknown:
+        parser.error(f"unknown --what-if variant(s) {', '.join(unknown)} (known: {', '.join(WHAT_IF_VARIANTS)})")
     started = time.perf_counter()
     variants = [AS_IS, *args.what_if]
     rows = []
@@ -343,7 +332,9 @@ def main() -> None:
                     print(
                         f"N={n} [{variant}] run {index + 1}/{args.runs}: peak {result['peak_rss_mb']} MB "
                         f"(+{result['rss_growth_mb']} MB), CPU {result['cpu_pct_of_core']}% of a core, "
-                        f"{result['calls_per_job_per_min']} calls/job/min, ramp {result['ramp_s']} s",
+                        f"{result['calls_per_job_per_min']} calls/job/min ({result['sweeps_in_window']} sweeps, "
+                        f"{result['list_pages_in_window']} list pages, {result['retrieves_in_window']} retrieves), "
+                        f"ramp {result['ramp_s']} s",
                         flush=True,
                     )
                     samples[variant].append(result)

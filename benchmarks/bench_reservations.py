@@ -42,7 +42,6 @@ from bot.jobs import Job, JobOptions, JobState  # noqa: E402
 from bot.store import Store  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_reservations.json"
-WHAT_IF_RESULTS = ROOT / "benchmarks" / "results" / "bench_reservations_what_if.json"
 AIM_PER_S = 1000.0
 AIM_CONCURRENCY = 50
 COST = 400_000
@@ -107,93 +106,12 @@ async def admit_all(store: Store, ids: list[str], concurrency: int) -> dict:
     return {"start": start, "end": end, "admitted": len(ids) - refused, "refused": refused}
 
 
-async def admit_in_this_process(db_path: Path, ids: list[str], concurrency: int, what_if: str = "") -> dict:
+async def admit_in_this_process(db_path: Path, ids: list[str], concurrency: int) -> dict:
     store = await Store.open(db_path)
-    if what_if:
-        apply_what_if(store, what_if)
     try:
         return await admit_all(store, ids, concurrency)
     finally:
         await store.close()
-
-
-def apply_what_if(store: Store, what_if: str) -> None:
-    """Investigation only: a proposed fix patched into this process to measure its effect.
-
-    ``onehop``: ``admit`` runs its whole transaction (the same statements, the same decisions) as one
-    function on aiosqlite's connection thread, instead of ~10 statements that each cross from the
-    event loop to that thread and back.
-    """
-    if what_if != "onehop":
-        raise ValueError(f"unknown what-if {what_if!r}")
-    from bot.store import Admission, Usage
-
-    def admit_sync(conn: Any, job_id: str, period: str, default_subject: str, fallback: int, queued: str, now: float):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT platform, workspace_id, user_id, state, cost_micros FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            user_key = f"{row[0]}:{row[1]}:{row[2]}"
-            limit_row = conn.execute("SELECT limit_micros FROM budget_limits WHERE subject = ?", (user_key,)).fetchone()
-            if limit_row is None:
-                limit_row = conn.execute(
-                    "SELECT limit_micros FROM budget_limits WHERE subject = ?", (default_subject,)
-                ).fetchone()
-            limit = limit_row[0] if limit_row else fallback
-            usage = conn.execute(
-                "SELECT spent_micros, reserved_micros, warned FROM budget_usage WHERE user_key = ? AND period = ?",
-                (user_key, period),
-            ).fetchone()
-            spent, reserved, warned = (usage[0], usage[1], bool(usage[2])) if usage else (0, 0, False)
-            already = conn.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,)).fetchone()
-            if already or row[3] not in ("received", "pending_consent"):
-                conn.execute("COMMIT")
-                return Admission(already is not None, Usage(spent, reserved, limit, warned))
-            cost = row[4]
-            if spent + reserved + cost > limit:
-                conn.execute(
-                    "UPDATE jobs SET state = 'refused', error = 'budget', updated_at = ? WHERE id = ?", (now, job_id)
-                )
-                conn.execute("COMMIT")
-                return Admission(False, Usage(spent, reserved, limit, warned))
-            reserved += cost
-            warn = not warned and limit > 0 and (spent + reserved) * 5 >= limit * 4
-            conn.execute(
-                "INSERT INTO budget_usage (user_key, period, spent_micros, reserved_micros, warned) "
-                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (user_key, period) DO UPDATE SET "
-                "reserved_micros = reserved_micros + excluded.reserved_micros, warned = MAX(warned, excluded.warned)",
-                (user_key, period, cost, int(warn)),
-            )
-            conn.execute(
-                "INSERT INTO ledger (job_id, user_key, period, kind, amount_micros, at) "
-                "VALUES (?, ?, ?, 'reserve', ?, ?)",
-                (job_id, user_key, period, cost, now),
-            )
-            conn.execute(
-                "UPDATE jobs SET state = ?, budget_period = ?, queued_at = ?, updated_at = ? WHERE id = ?",
-                (queued, period, now, now, job_id),
-            )
-            conn.execute("COMMIT")
-            return Admission(True, Usage(spent, reserved, limit, warned or warn), warn=warn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    async def admit(job_id: str, *, period: str, default_subject: str, fallback_limit: int, queued_state: JobState):
-        async with store._lock:
-            return await store._db._execute(
-                admit_sync,
-                store._db._conn,
-                job_id,
-                period,
-                default_subject,
-                fallback_limit,
-                queued_state.value,
-                store._clock(),
-            )
-
-    store.admit = admit  # type: ignore[method-assign]
 
 
 def check_ledger(db_path: Path, count: int) -> None:
@@ -206,12 +124,12 @@ def check_ledger(db_path: Path, count: int) -> None:
     assert queued == count, f"{queued} queued jobs, expected {count}"
 
 
-def one_process(count: int, concurrency: int, what_if: str = "") -> dict[str, Any]:
+def one_process(count: int, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-reserve-") as tmp:
         db_path = Path(tmp) / "data" / "reelbot.db"
         asyncio.run(prepare(db_path, count))
         ids = [job(i).id for i in range(count)]
-        timing = asyncio.run(admit_in_this_process(db_path, ids, concurrency, what_if))
+        timing = asyncio.run(admit_in_this_process(db_path, ids, concurrency))
         check_ledger(db_path, count)
     seconds = timing["end"] - timing["start"]
     return {"per_s": round(count / seconds, 1), "seconds": round(seconds, 3)}
@@ -276,14 +194,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--no-save", action="store_true")
-    parser.add_argument(
-        "--what-if",
-        nargs="+",
-        default=[],
-        metavar="VARIANT",
-        help="also measure one process with a proposed fix patched in (onehop), interleaved; saved to "
-        f"{WHAT_IF_RESULTS.name}",
-    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -292,30 +202,26 @@ def main() -> None:
         return
 
     started = time.perf_counter()
-    cases: list[tuple[str, int, int, str]] = [(f"1 process, {tasks(c)}", 1, c, "") for c in args.concurrency]
-    if not args.what_if:
-        cases.append((f"2 processes, {AIM_CONCURRENCY} tasks each, one data dir", 2, AIM_CONCURRENCY, ""))
-    for variant in args.what_if:
-        cases += [(f"1 process, {tasks(c)}, what-if {variant}", 1, c, variant) for c in args.concurrency]
+    cases: list[tuple[str, int, int]] = [(f"1 process, {tasks(c)}", 1, c) for c in args.concurrency]
+    cases.append((f"2 processes, {AIM_CONCURRENCY} tasks each, one data dir", 2, AIM_CONCURRENCY))
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
     for index in range(args.runs):
-        for name, processes, concurrency, variant in cases:
+        for name, processes, concurrency in cases:
             if processes == 1:
-                result = one_process(args.jobs, concurrency, variant)
+                result = one_process(args.jobs, concurrency)
             else:
                 result = two_processes(args.jobs, concurrency)
             samples[name].append(result)
             print(f"run {index + 1}/{args.runs} {name}: {result['per_s']}/s", flush=True)
 
     rows = []
-    for name, processes, concurrency, variant in cases:
+    for name, processes, concurrency in cases:
         rates = [r["per_s"] for r in samples[name]]
         rows.append(
             {
                 "case": name,
                 "processes": processes,
                 "concurrency": concurrency,
-                "variant": variant or "as-is",
                 "jobs": args.jobs,
                 "runs": len(rates),
                 "per_s_median": round(statistics.median(rates), 1),
@@ -342,12 +248,11 @@ def main() -> None:
         if row["concurrency"] == AIM_CONCURRENCY
     ]
     if not args.no_save:
-        target = WHAT_IF_RESULTS if args.what_if else RESULTS
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
             json.dumps(
                 {
-                    "benchmark": target.stem,
+                    "benchmark": RESULTS.stem,
                     "command": "python benchmarks/bench_reservations.py " + " ".join(sys.argv[1:]),
                     "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
                     "summary": summary,

@@ -37,10 +37,8 @@ RUN_LOG = RESULTS / "run_all.json"
 
 #: Invocations run after a benchmark's default one: (script stem, arguments).
 EXTRA_RUNS: list[tuple[str, list[str]]] = [
-    # The proposed fixes for the 1,000-jobs CPU cost, measured beside the bot as it is.
-    ("bench_jobs_in_flight", ["--n", "1000", "--what-if", "limit", "limit+sniffio"]),
-    # Store.admit with its transaction in one hop to SQLite's thread, beside Store.admit as it is.
-    ("bench_reservations", ["--what-if", "onehop"]),
+    # 1,000 jobs in flight, the bot with and without render sweeps measured side by side.
+    ("bench_jobs_in_flight", ["--n", "1000", "--what-if", "no-sweep"]),
 ]
 
 Row = dict[str, Any]
@@ -249,8 +247,8 @@ def growth_section() -> str:
     if what_if.exists():
         data = json.loads(what_if.read_text())
         parts += [
-            f"The same with the proposed fixes patched in, interleaved with the bot as it is in one run "
-            f"(`{command_for('bench_jobs_in_flight_what_if', data)}`):",
+            "The same bot with sweeps (as-is) and without them (no-sweep, every render polled one by one), "
+            f"interleaved in one run (`{command_for('bench_jobs_in_flight_what_if', data)}`):",
             "",
             "| jobs in flight | bot | peak RSS | CPU while waiting | status calls per job per minute | ramp |",
             "|---|---|---|---|---|---|",
@@ -262,17 +260,12 @@ def growth_section() -> str:
                 f"(runs {low}-{high}) | {row['calls_per_job_per_min']} | {row['ramp_s']} s |"
             )
         parts.append("")
-    for stem, title in (
-        ("bench_reservations", "Reservations per second against concurrency"),
-        ("bench_reservations_what_if", "The same with the proposed fix patched in, interleaved in one run"),
-    ):
-        path = RESULTS / f"{stem}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
+    reservations = RESULTS / "bench_reservations.json"
+    if reservations.exists():
+        data = json.loads(reservations.read_text())
         parts += [
-            f"{title} (`{command_for(stem, data)}`; medians of {data['rows'][0]['runs'] if data['rows'] else '?'} "
-            "runs):",
+            f"Reservations per second against concurrency (`{command_for('bench_reservations', data)}`; "
+            f"medians of {data['rows'][0]['runs'] if data['rows'] else '?'} runs):",
             "",
             "| case | reservations/s (median) | slowest / fastest run | ms per reservation |",
             "|---|---|---|---|",

@@ -12,6 +12,7 @@ enforced by a unique index, which makes settlement idempotent.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -595,6 +596,13 @@ class Store:
             raise StoreError(f"job {job_id} is {current['state']}, not in an expected state")
         return _row_to_job(row)
 
+    async def video_in_use(self, video_id: str, *, other_than: str) -> bool:
+        """Whether a job other than ``other_than`` already renders ``video_id``."""
+        row = await self._read_one(
+            "SELECT 1 FROM jobs WHERE provider_video_id = ? AND id != ? LIMIT 1", (video_id, other_than)
+        )
+        return row is not None
+
     async def jobs_for_user(self, platform: str, workspace_id: str, user_id: str, limit: int = 10) -> list[Job]:
         rows = await self._read_all(
             "SELECT * FROM jobs WHERE platform = ? AND workspace_id = ? AND user_id = ? "
@@ -666,6 +674,54 @@ class Store:
                 (self._clock() + lease_seconds, job_id, owner),
             )
         return cursor.rowcount == 1
+
+    async def renew_leases(self, owner: str, job_ids: Iterable[str], lease_seconds: float) -> int:
+        """Extends ``owner``'s leases on ``job_ids`` in one statement; returns how many it held."""
+        ids = json.dumps(list(job_ids))
+        async with self._tx():
+            cursor = await self._db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
+                (self._clock() + lease_seconds, owner, ids),
+            )
+        return cursor.rowcount
+
+    async def schedulable_jobs(self, platforms: Iterable[str]) -> list[Job]:
+        """What a scheduling pass may act on: queued and received jobs, and active jobs nobody drives.
+
+        Active jobs under a live lease (this process's or another's) are left out, so a busy
+        bot does not re-read every running job every second.
+        """
+        names = list(platforms)
+        waiting = (JobState.QUEUED.value, JobState.RECEIVED.value)
+        active = [s.value for s in ACTIVE_STATES]
+        rows = await self._read_all(
+            f"SELECT * FROM jobs WHERE platform IN ({', '.join('?' * len(names))}) AND "
+            f"(state IN (?, ?) OR (state IN ({', '.join('?' * len(active))}) "
+            "AND (lease_owner IS NULL OR lease_expires < ?))) ORDER BY queued_at, id",
+            (*names, *waiting, *active, self._clock()),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    async def active_counts(self, platforms: Iterable[str]) -> dict[str, int]:
+        """Active jobs per user key (``platform:workspace:user``), for the in-flight caps."""
+        names = list(platforms)
+        active = [s.value for s in ACTIVE_STATES]
+        rows = await self._read_all(
+            f"SELECT {_USER_KEY_OF_J}, COUNT(*) FROM jobs j WHERE j.platform IN ({', '.join('?' * len(names))}) "
+            f"AND j.state IN ({', '.join('?' * len(active))}) GROUP BY j.platform, j.workspace_id, j.user_id",
+            (*names, *active),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def cancels_requested(self, owner: str) -> list[str]:
+        """Ids of active jobs ``owner`` drives whose cancellation was asked for."""
+        active = [s.value for s in ACTIVE_STATES]
+        rows = await self._read_all(
+            f"SELECT id FROM jobs WHERE state IN ({', '.join('?' * len(active))}) "
+            "AND lease_owner = ? AND cancel_requested = 1",
+            (*active, owner),
+        )
+        return [r[0] for r in rows]
 
     async def release_lease(self, job_id: str, owner: str) -> None:
         async with self._tx():

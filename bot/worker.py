@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from bot.delivery import Delivery, DeliveryError
 from bot.jobs import ACTIVE_STATES, Job, JobState
 from bot.media import MediaError, probe_clip
 from bot.polling import AdaptivePoller
-from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, ReferenceImage, RenderSpec, VideoStatus
+from bot.providers.base import ErrorKind, ProviderError, ReferenceImage, RenderSpec, VideoStatus
+from bot.render_watch import RenderWatcher
 from bot.store import StoreError, lease_owner_id
 
 log = logging.getLogger(__name__)
@@ -64,16 +66,21 @@ class Worker:
         self.max_submit_tries = max_submit_tries
         self.max_delivery_tries = max_delivery_tries
         self._sleep = sleep
-        self._poller_factory = poller_factory
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_card: dict[str, float] = {}
         self._fresh_deliveries: set[str] = set()
         self._positions: dict[str, int] = {}
         self._fresh_submits: set[str] = set()
+        self._watching: dict[str, str] = {}  # job id -> the render it waits on
         self._event = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._rng = random.Random()
+        # Through self._sleep as it is at the time of the wait: tests replace it after construction.
+        self.renders = RenderWatcher(
+            provider=bot.provider, clock=bot.clock, poller=poller_factory(), sleep=lambda s: self._sleep(s)
+        )
+        self._leases_renewed_at = -math.inf
         bot.on_new_work(self.wake)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -96,6 +103,7 @@ class Worker:
                 await task
         self._loop_task = None
         self._tasks.clear()
+        await self.renders.aclose()
         # A task cancelled inside its own ``finally`` may not have released its lease.
         with contextlib.suppress(Exception):
             await self.store.release_leases(self.owner)
@@ -132,6 +140,7 @@ class Worker:
         # as the event fires, and the loop would never stop.
         while not self._stopping:
             try:
+                await self._renew_leases()
                 await self._schedule()
             except asyncio.CancelledError:
                 raise
@@ -144,20 +153,28 @@ class Worker:
 
     # --- scheduling ------------------------------------------------------------------------
 
+    async def _renew_leases(self) -> None:
+        """Keeps this process's leases alive: one statement for every job it drives, every lease/3."""
+        now = asyncio.get_running_loop().time()
+        if now - self._leases_renewed_at < self.lease_seconds / 3 or not self._tasks:
+            return
+        self._leases_renewed_at = now
+        await self.store.renew_leases(self.owner, list(self._tasks), self.lease_seconds)
+
     async def _schedule(self) -> None:
         platforms = list(self.bot.deliveries)
         if not platforms:
             return
         if self.bot.cameos is not None:
             await self.bot.cameos.expire_pending()
-        states = [*ACTIVE_STATES, JobState.QUEUED, JobState.RECEIVED]
-        jobs = await self.store.jobs_in_states(states, platforms)
+        for job_id in await self.store.cancels_requested(self.owner):
+            if job_id in self._tasks:
+                self._interrupt(job_id)
+        # Jobs this process drives hold renewed leases and are not read again here.
+        jobs = await self.store.schedulable_jobs(platforms)
+        per_user = await self.store.active_counts(platforms)
+        active_total = sum(per_user.values())
         now = self.bot.clock()
-        active_total = sum(1 for j in jobs if j.state in ACTIVE_STATES)
-        per_user: dict[str, int] = {}
-        for job in jobs:
-            if job.state in ACTIVE_STATES:
-                per_user[job.user_key] = per_user.get(job.user_key, 0) + 1
         for job in jobs:
             if job.id in self._tasks:
                 continue
@@ -191,6 +208,12 @@ class Worker:
                 self._spawn(job)
                 await self._card(job, force=True)
         await self._refresh_queue_positions(jobs)
+
+    def _interrupt(self, job_id: str) -> None:
+        """Makes a job waiting on its render look at its row again (its cancellation was asked for)."""
+        video_id = self._watching.get(job_id)
+        if video_id is not None:
+            self.renders.interrupt(video_id)
 
     async def _refresh_queue_positions(self, jobs: list[Job]) -> None:
         """Edits queued cards whose position changed (a job ahead started or was cancelled).
@@ -267,16 +290,12 @@ class Worker:
         return RenderSpec(job.prompt, job.options.model, job.options.size, job.options.seconds, reference)
 
     async def _submit(self, job: Job) -> None:
+        spec: RenderSpec | None = None
         try:
             spec = await asyncio.to_thread(self._spec, job)
             if job.id not in self._fresh_submits:
                 # Resumed after a crash: the create may have been sent before the id was stored.
-                adopted = await self.provider.find_recent(spec, job.started_at or job.created_at)
-                if adopted is not None:
-                    log.info("job %s: adopting render %s started before a restart", job.id, adopted.id)
-                    await self.store.update_job(
-                        job.id, state=JobState.RENDERING, provider_video_id=adopted.id, expect=[JobState.SUBMITTING]
-                    )
+                if await self._adopt(job, spec, waits=(0.0,), why="started before a restart"):
                     return
             if self.bot.cameos is not None:
                 refusal = await self.bot.cameos.recheck_before_submit(job)
@@ -289,6 +308,9 @@ class Worker:
             else:
                 video = await self.provider.create(spec)
         except ProviderError as exc:
+            # The create may have started a render we never heard about: look for it before giving up.
+            if exc.ambiguous and spec is not None and await self._adopt(job, spec, why="whose answer was lost"):
+                return
             await self._provider_trouble(job, exc, "submit")
             return
         job = await self.store.update_job(
@@ -300,6 +322,28 @@ class Worker:
         )
         await self.store.renew_lease(job.id, self.owner, self.lease_seconds)
         await self._card(job, force=True)
+
+    async def _adopt(self, job: Job, spec: RenderSpec, *, why: str, waits: tuple[float, ...] = (0.0, 2.0, 5.0)) -> bool:
+        """Takes over a render of this job's spec the service started since the job did, if there is one.
+
+        A render another job already owns is never taken (the same prompt asked twice at once).
+        ``waits`` are the pauses before each look: a service that timed out may list the render late.
+        """
+        for wait in waits:
+            if wait:
+                await self._sleep(wait)
+            try:
+                found = await self.provider.find_recent(spec, job.started_at or job.created_at)
+            except ProviderError:
+                continue
+            if found is None or await self.store.video_in_use(found.id, other_than=job.id):
+                continue
+            log.info("job %s: adopting render %s %s", job.id, found.id, why)
+            await self.store.update_job(
+                job.id, state=JobState.RENDERING, provider_video_id=found.id, expect=[JobState.SUBMITTING]
+            )
+            return True
+        return False
 
     async def _provider_trouble(self, job: Job, exc: ProviderError, step: str) -> None:
         if step == "submit" and exc.ambiguous:
@@ -320,52 +364,51 @@ class Worker:
         await self._fail(job, exc.user_message)
 
     async def _await_render(self, job: Job) -> None:
-        assert job.provider_video_id is not None
-        poller = self._poller_factory()
-        started = job.started_at or job.created_at
-        failures = 0
-        while True:
-            now = self.bot.clock()
-            if now - started > self.render_deadline_s:
-                with contextlib.suppress(ProviderError):
-                    await self.provider.delete(job.provider_video_id)
-                minutes = max(1, round(self.render_deadline_s / 60))
-                await self._fail(job, f"The video service did not finish within {minutes} minutes.")
-                return
-            try:
-                video = await self.provider.retrieve(job.provider_video_id)
-                failures = 0
-            except ProviderError as exc:
-                if not exc.retryable:
-                    await self._fail(job, exc.user_message)
-                    return
-                failures += 1
-                await self._sleep(exc.retry_after or min(30.0, 1.5**failures))
-                continue
-            current = await self.store.get_job(job.id)
-            if current is None or current.state is not JobState.RENDERING:
-                return
-            if current.cancel_requested:
-                return  # _drive sees the flag and cancels
-            if video.status is VideoStatus.COMPLETED:
-                await self.store.update_job(
-                    job.id, state=JobState.DOWNLOADING, progress=100, expect=[JobState.RENDERING]
-                )
-                return
-            if video.status is VideoStatus.FAILED:
-                error = video.error or ProviderError(ErrorKind.SERVER, "failed without a reason")
-                await self._fail(job, error.user_message)
-                return
-            if video.progress != current.progress:
-                current = await self.store.update_job(job.id, progress=video.progress)
-                await self._card(current)
-            await self.store.renew_lease(job.id, self.owner, self.lease_seconds)
-            await self._sleep(self._next_poll(poller, video, self.bot.clock() - started))
+        """Waits for the render through the shared watcher, writing each new progress to the row.
 
-    def _next_poll(self, poller: AdaptivePoller, video: ProviderVideo, elapsed: float) -> float:
-        # Jitter keeps jobs started together from polling together (a thundering herd on the pool).
-        delay = poller.next_delay(elapsed=elapsed, progress=video.progress, hint=video.poll_after)
-        return delay * self._rng.uniform(0.9, 1.1) if video.poll_after is None else delay
+        Returns when the job moved on (downloading, failed) or needs a fresh look (a cancellation
+        was asked for); ``_drive`` then reads the row again.
+        """
+        assert job.provider_video_id is not None
+        started = job.started_at or job.created_at
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.render_deadline_s - (self.bot.clock() - started)
+        progress = job.progress
+        self._watching[job.id] = job.provider_video_id
+        try:
+            async with self.renders.watch(job.provider_video_id, started=started) as watch:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            video = await watch.next_change()
+                    except TimeoutError:
+                        with contextlib.suppress(ProviderError):
+                            await self.provider.delete(job.provider_video_id)
+                        minutes = max(1, round(self.render_deadline_s / 60))
+                        await self._fail(job, f"The video service did not finish within {minutes} minutes.")
+                        return
+                    except ProviderError as exc:
+                        await self._fail(job, exc.user_message)
+                        return
+                    if video is None:
+                        return  # interrupted: _drive reads the row and sees the cancellation
+                    if video.status is VideoStatus.COMPLETED:
+                        await self.store.update_job(
+                            job.id, state=JobState.DOWNLOADING, progress=100, expect=[JobState.RENDERING]
+                        )
+                        return
+                    if video.status is VideoStatus.FAILED:
+                        error = video.error or ProviderError(ErrorKind.SERVER, "failed without a reason")
+                        await self._fail(job, error.user_message)
+                        return
+                    if video.progress != progress:
+                        progress = video.progress
+                        current = await self.store.update_job(job.id, progress=progress, expect=[JobState.RENDERING])
+                        await self._card(current)
+        except StoreError:
+            return  # the row left ``rendering`` under us (cancelled, finished elsewhere): _drive looks again
+        finally:
+            self._watching.pop(job.id, None)
 
     async def _download(self, job: Job) -> None:
         assert job.provider_video_id is not None
@@ -378,6 +421,8 @@ class Worker:
                 return
             await self._provider_trouble(job, exc, "download")
             return
+        with contextlib.suppress(OSError):
+            dest.chmod(0o600)  # clips are the requester's: owner-only, whatever the umask or provider
         try:
             await asyncio.to_thread(probe_clip, dest, seconds=job.options.seconds, size=job.options.size)
         except MediaError as exc:

@@ -182,8 +182,9 @@ def test_the_data_dir_and_database_are_owner_only(tmp_path: Path, umask: int) ->
             assert _mode(sidecar) == 0o600
     for directory in [p for p in data.rglob("*") if p.is_dir()]:
         assert _mode(directory) & 0o077 == 0, f"{directory} is {oct(_mode(directory))}"
-    # Clips and markers follow the umask (0666 under umask 000), but nobody else can reach them: every
-    # directory on the way, from the data dir down, is owner-only.
+    # And the delivered clip itself is owner-only, whatever the umask.
+    (clip,) = (data / "clips").glob("*.mp4")
+    assert _mode(clip) == 0o600, oct(_mode(clip))
 
 
 def test_a_data_dir_that_exists_open_is_closed_at_start(tmp_path: Path) -> None:

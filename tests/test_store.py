@@ -203,7 +203,8 @@ async def test_budget_usage_always_equals_the_ledger(tmp_path):
             "SUM(CASE kind WHEN 'settle' THEN amount_micros ELSE 0 END) FROM ledger GROUP BY user_key ORDER BY user_key"
         )
         usage = await store._read_all(
-            "SELECT user_key, reserved_micros, spent_micros FROM budget_usage WHERE period = '2026-11' ORDER BY user_key"
+            "SELECT user_key, reserved_micros, spent_micros FROM budget_usage "
+            "WHERE period = '2026-11' ORDER BY user_key"
         )
         assert [tuple(r) for r in ledger] == [tuple(r) for r in usage]
         assert all(r[1] > 0 and r[2] > 0 for r in usage)

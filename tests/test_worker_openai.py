@@ -146,12 +146,31 @@ async def test_relay_variants_are_understood(make_settings: Callable[..., Settin
             await app.close()
 
 
-async def test_a_create_that_may_have_gone_through_is_not_sent_twice(app: App, fake: FakeVideosServer) -> None:
+async def test_a_create_whose_answer_was_lost_is_adopted_not_sent_twice(app: App, fake: FakeVideosServer) -> None:
     fake.inject("create", reset=True, process=True)
     job = await run(app, "a cat")
+    assert job.state is JobState.DELIVERED, job.error
+    assert fake.count("create") == 1 and fake.count("list") >= 1
+    assert job.provider_video_id == next(iter(fake.videos))
+    assert await app.store.ledger_for(job.id) == [("reserve", 400_000), ("settle", 400_000)]
+
+
+async def test_a_lost_create_that_started_nothing_fails_unbilled(app: App, fake: FakeVideosServer) -> None:
+    fake.inject("create", reset=True)  # dropped before the service made anything
+    job = await run(app, "a cat")
     assert job.state is JobState.FAILED and "stopped answering" in job.error
-    assert fake.count("create") == 1
+    assert fake.count("create") == 1 and not fake.videos
     assert await app.store.ledger_for(job.id) == [("reserve", 400_000), ("release", 400_000)]
+
+
+async def test_a_lost_create_never_adopts_another_jobs_render(app: App, fake: FakeVideosServer) -> None:
+    first = await run(app, "the same prompt twice")
+    assert first.state is JobState.DELIVERED
+    fake.inject("create", reset=True)
+    # The listing only offers the first job's render (same spec): it must not be taken.
+    second = await run(app, "the same prompt twice")
+    assert second.state is JobState.FAILED and "stopped answering" in second.error
+    assert second.provider_video_id is None
 
 
 async def test_a_render_that_never_finishes_hits_the_deadline(

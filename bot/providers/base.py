@@ -6,7 +6,7 @@ see providers, and the worker only sees this interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -154,6 +154,23 @@ class VideoProvider(Protocol):
 
     async def remix(self, video_id: str, prompt: str) -> ProviderVideo:
         """Starts a new render that changes a finished one according to ``prompt``."""
+        ...
+
+    async def retrieve_many(self, video_ids: Collection[str], *, since: float) -> dict[str, ProviderVideo]:
+        """The statuses of many renders in a few requests, as far as the service can tell.
+
+        Args:
+            video_ids: the renders wanted.
+            since: unix seconds; none of them was asked for before this, so a newest-first
+                listing can stop once it is past it.
+
+        Returns:
+            The ones found, by id. The caller asks about the rest one by one, so a service with
+            no way to list returns an empty dict.
+
+        Raises:
+            ProviderError: when the service cannot be asked right now.
+        """
         ...
 
     async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:

@@ -37,7 +37,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -742,6 +742,16 @@ class LocalRenderer:
                 raise ProviderError(ErrorKind.NOT_FOUND, f"no local video {video_id}")
             spec = found[0]
         return await self._create(replace(spec, prompt=prompt), remix_of=video_id)
+
+    async def retrieve_many(self, video_ids: Collection[str], *, since: float) -> dict[str, ProviderVideo]:
+        """The renders this process is running, from memory (others are asked one by one)."""
+        found: dict[str, ProviderVideo] = {}
+        for video_id in video_ids:
+            render = self._renders.get(video_id)
+            if render is not None and (render.task is None or not render.task.done() or render.done or render.error):
+                with contextlib.suppress(ProviderError):
+                    found[video_id] = await self.retrieve(video_id)
+        return found
 
     async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:
         """A render of this spec whose sidecar was written since ``since`` (after a crash)."""

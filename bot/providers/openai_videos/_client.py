@@ -24,7 +24,7 @@ import os
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -45,6 +45,8 @@ USER_AGENT = "reelbot/0.1 (+httpx)"
 DOWNLOAD_CHUNK = 1 << 20  # bytes per write; bounds the memory a download holds
 _MAX_ERROR_BODY = 64 << 10
 _REMEMBERED_URLS = 1024
+_LIST_PAGE = 100  # the most the list takes
+_LIST_CLOCK_MARGIN_S = 600.0  # our clock and the service's may differ
 # Raised before a single byte of the request could have been acted on by the server.
 _UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
     httpx.ConnectError,
@@ -93,7 +95,7 @@ class _PartFile:
         self._fh: IO[bytes] | None = None
 
     def open(self) -> None:
-        self._fh = open(self.path, "wb")
+        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None
@@ -178,6 +180,7 @@ class OpenAIVideosProvider:
             follow_redirects=False,
         )
         self._download_urls: OrderedDict[str, str] = OrderedDict()
+        self._can_list = True
 
     def __repr__(self) -> str:
         return f"OpenAIVideosProvider(base_url={str(self._base_url)!r})"
@@ -252,6 +255,57 @@ class OpenAIVideosProvider:
                 raise
             log.info("openai download: /content answered 404, using the video's download URL")
             return await self._download(url, dest, send_key=self._same_origin(url))
+
+    async def retrieve_many(self, video_ids: Collection[str], *, since: float) -> dict[str, ProviderVideo]:
+        """Pages through ``GET /videos`` newest first (100 a page) until every id is found.
+
+        Stops early when a page reaches renders older than ``since`` (less a margin for clock
+        differences), when the list ends, or after a few pages more than the ids could fill. A
+        host that does not offer the list (404, 405, 400 or not a list) is not asked again: the
+        caller then retrieves one by one, as it would anyway for ids not found.
+        """
+        wanted = set(video_ids)
+        found: dict[str, ProviderVideo] = {}
+        if not wanted or not self._can_list:
+            return found
+        max_pages = math.ceil(len(wanted) / _LIST_PAGE) + 2
+        after: str | None = None
+        for _ in range(max_pages):
+            params = {"limit": str(_LIST_PAGE), "order": "desc"} | ({"after": after} if after else {})
+            try:
+                response = await self._json_call("list", "GET", "videos", resend_after_send=True, params=params)
+            except ProviderError as error:
+                if error.status_code in (400, 404, 405, 501):
+                    self._can_list = False
+                    log.info("openai: this host does not list videos (HTTP %s); polling one by one", error.status_code)
+                    return found
+                raise
+            body = parse_json(response.content)
+            items = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                self._can_list = False
+                return found
+            hint = _poll_after(response.headers)
+            oldest = math.inf
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                created = item.get("created_at")
+                if isinstance(created, int | float):
+                    oldest = min(oldest, created)
+                try:
+                    video = normalise_video(item, poll_after=hint)
+                except ProviderError:
+                    continue
+                if video.id in wanted:
+                    found[video.id] = video
+            last_id = body.get("last_id") or (items[-1].get("id") if items and isinstance(items[-1], dict) else None)
+            if len(found) == len(wanted) or not body.get("has_more") or not last_id:
+                break
+            if oldest < since - _LIST_CLOCK_MARGIN_S:
+                break
+            after = str(last_id)
+        return found
 
     async def find_recent(self, spec: RenderSpec, since: float) -> ProviderVideo | None:
         """Looks through ``GET /videos`` (newest first) for a render of this spec made since ``since``."""
