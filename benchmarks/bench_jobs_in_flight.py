@@ -277,7 +277,7 @@ def summary_rows(rows: list[dict[str, Any]], *, what_if: bool) -> list[dict[str,
             {
                 "metric": f"CPU while {AIM_N} jobs wait on renders ({label})",
                 "figure": f"{row['cpu_pct_of_core']}% of one core (runs {low}-{high}), "
-                f"{row['calls_per_job_per_min']} status calls/job/min",
+                f"{row['calls_per_job_per_min']} status requests/job/min (retrieves + list pages)",
                 "aim": f"< {AIM_CPU_PCT:.0f}%",
                 "met": row["cpu_pct_of_core"] < AIM_CPU_PCT,
             }

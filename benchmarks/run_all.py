@@ -232,7 +232,7 @@ def growth_section() -> str:
             f"after {data.get('settle_s')} s of settling):",
             "",
             "| jobs in flight | peak RSS (VmHWM) | growth over a warm idle bot | CPU while waiting (% of one core) "
-            "| status calls per job per minute | time until all are rendering |",
+            "| status requests per job per minute (retrieves + list pages of 100) | time until all are rendering |",
             "|---|---|---|---|---|---|",
         ]
         for row in data["rows"]:
@@ -250,7 +250,8 @@ def growth_section() -> str:
             "The same bot with sweeps (as-is) and without them (no-sweep, every render polled one by one), "
             f"interleaved in one run (`{command_for('bench_jobs_in_flight_what_if', data)}`):",
             "",
-            "| jobs in flight | bot | peak RSS | CPU while waiting | status calls per job per minute | ramp |",
+            "| jobs in flight | bot | peak RSS | CPU while waiting "
+            "| status requests per job per minute (retrieves + list pages of 100) | ramp |",
             "|---|---|---|---|---|---|",
         ]
         for row in data["rows"]:
