@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_file import save_results  # noqa: E402
 from tests.helpers_processes import FakeVideosProcess  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_jobs_in_flight.json"
@@ -354,23 +354,7 @@ def main() -> None:
     summary = summary_rows(rows, what_if=bool(args.what_if))
     if not args.no_save:
         target = WHAT_IF_RESULTS if args.what_if else RESULTS
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            json.dumps(
-                {
-                    "benchmark": target.stem,
-                    "command": "python benchmarks/bench_jobs_in_flight.py " + " ".join(sys.argv[1:]),
-                    "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
-                    "settle_s": args.settle,
-                    "window_s": args.window,
-                    "summary": summary,
-                    "rows": rows,
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        save_results(target, started=started, summary=summary, settle_s=args.settle, window_s=args.window, rows=rows)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_file import save_results  # noqa: E402
 from bot.providers.base import RenderSpec, VideoStatus  # noqa: E402
 from bot.providers.openai_videos import OpenAIVideosProvider  # noqa: E402
 from bot.render_watch import RenderWatcher  # noqa: E402
@@ -142,21 +141,7 @@ def main() -> None:
         for row in rows
     ]
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            json.dumps(
-                {
-                    "benchmark": RESULTS.stem,
-                    "command": "python benchmarks/bench_render_watch.py " + " ".join(sys.argv[1:]),
-                    "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
-                    "summary": summary,
-                    "rows": rows,
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        save_results(RESULTS, started=started, summary=summary, rows=rows)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -38,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_file import save_results  # noqa: E402
 from bot.jobs import Job, JobOptions, JobState  # noqa: E402
 from bot.store import Store  # noqa: E402
 
@@ -248,22 +247,7 @@ def main() -> None:
         if row["concurrency"] == AIM_CONCURRENCY
     ]
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            json.dumps(
-                {
-                    "benchmark": RESULTS.stem,
-                    "command": "python benchmarks/bench_reservations.py " + " ".join(sys.argv[1:]),
-                    "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
-                    "summary": summary,
-                    "rows": rows,
-                    "samples": samples,
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        save_results(RESULTS, started=started, summary=summary, rows=rows, samples=samples)
 
 
 if __name__ == "__main__":

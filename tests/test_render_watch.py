@@ -6,6 +6,7 @@ Everything runs against the fake /v1/videos server on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -115,16 +116,22 @@ async def test_retrieve_many_reads_the_relay_shape() -> None:
 # --- RenderWatcher ------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def watcher_for(fake: FakeVideosServer) -> AsyncIterator[tuple[OpenAIVideosProvider, RenderWatcher]]:
+    """The real client and a watcher with the bot's defaults, closed afterwards."""
+    provider = client(fake)
+    watcher = RenderWatcher(provider=provider)
+    try:
+        yield provider, watcher
+    finally:
+        await watcher.aclose()
+        await provider.aclose()
+
+
 async def test_many_renders_due_together_are_swept_with_the_list() -> None:
-    async with FakeVideosServer(render_seconds=1.5) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider, batch_min_due=8)
-        try:
-            ids = await create_many(provider, 20)
-            histories = await asyncio.gather(*(wait_until_done(watcher, i) for i in ids))
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(render_seconds=1.5) as fake, watcher_for(fake) as (provider, watcher):
+        ids = await create_many(provider, 20)
+        histories = await asyncio.gather(*(wait_until_done(watcher, i) for i in ids))
     assert all(h[-1].status is VideoStatus.COMPLETED for h in histories)
     assert watcher.sweeps >= 1
     assert fake.count("list") >= 1
@@ -134,15 +141,9 @@ async def test_many_renders_due_together_are_swept_with_the_list() -> None:
 
 
 async def test_a_few_renders_are_polled_one_by_one() -> None:
-    async with FakeVideosServer(render_seconds=0.5) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider, batch_min_due=8)
-        try:
-            ids = await create_many(provider, 3)
-            histories = await asyncio.gather(*(wait_until_done(watcher, i) for i in ids))
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(render_seconds=0.5) as fake, watcher_for(fake) as (provider, watcher):
+        ids = await create_many(provider, 3)
+        histories = await asyncio.gather(*(wait_until_done(watcher, i) for i in ids))
     assert all(h[-1].status is VideoStatus.COMPLETED for h in histories)
     assert fake.count("list") == 0 and watcher.sweeps == 0
     assert fake.count("retrieve") >= 3
@@ -150,67 +151,45 @@ async def test_a_few_renders_are_polled_one_by_one() -> None:
 
 async def test_only_changes_reach_the_waiting_job() -> None:
     clock = FakeClock()
-    async with FakeVideosServer(clock=clock, render_seconds=100) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider, poller=None)
-        try:
-            (video_id,) = await create_many(provider, 1)
-            async with watcher.watch(video_id, started=time.time()) as watch:
-                first = await watch.next_change()
-                assert first is not None and first.progress == 0
-                clock.advance(50)
-                # Polls that see the same status say nothing; the next news is the progress.
-                second = await asyncio.wait_for(watch.next_change(), timeout=10)
-                assert second is not None and second.progress == 50
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(clock=clock, render_seconds=100) as fake, watcher_for(fake) as (provider, watcher):
+        (video_id,) = await create_many(provider, 1)
+        async with watcher.watch(video_id, started=time.time()) as watch:
+            first = await watch.next_change()
+            assert first is not None and first.progress == 0
+            clock.advance(50)
+            # Polls that see the same status say nothing; the next news is the progress.
+            second = await asyncio.wait_for(watch.next_change(), timeout=10)
+            assert second is not None and second.progress == 50
 
 
 async def test_an_error_that_will_not_pass_reaches_the_waiting_job() -> None:
-    async with FakeVideosServer(render_seconds=100) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider)
-        try:
-            (video_id,) = await create_many(provider, 1)
-            fake.api_key = "sk-rotated-elsewhere"
-            async with watcher.watch(video_id, started=time.time()) as watch:
-                with pytest.raises(ProviderError) as raised:
-                    await asyncio.wait_for(watch.next_change(), timeout=10)
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(render_seconds=100) as fake, watcher_for(fake) as (provider, watcher):
+        (video_id,) = await create_many(provider, 1)
+        fake.api_key = "sk-rotated-elsewhere"
+        async with watcher.watch(video_id, started=time.time()) as watch:
+            with pytest.raises(ProviderError) as raised:
+                await asyncio.wait_for(watch.next_change(), timeout=10)
     assert raised.value.kind is ErrorKind.AUTH
 
 
 async def test_passing_errors_are_retried_and_the_job_hears_nothing_of_them() -> None:
-    async with FakeVideosServer(render_seconds=0.5) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider)
-        try:
-            (video_id,) = await create_many(provider, 1)
-            fake.inject("retrieve", status=503, times=2)
-            history = await asyncio.wait_for(wait_until_done(watcher, video_id), timeout=20)
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(render_seconds=0.5) as fake, watcher_for(fake) as (provider, watcher):
+        (video_id,) = await create_many(provider, 1)
+        # More 503s than the client retries inside one call: the watcher backs off and asks again.
+        fake.inject("retrieve", status=503, times=7)
+        history = await asyncio.wait_for(wait_until_done(watcher, video_id), timeout=20)
     assert history[-1].status is VideoStatus.COMPLETED
+    assert fake.count("retrieve") >= 8
 
 
 async def test_interrupt_wakes_the_waiting_job_at_once() -> None:
-    async with FakeVideosServer(render_seconds=600) as fake:
-        provider = client(fake)
-        watcher = RenderWatcher(provider=provider)
-        try:
-            (video_id,) = await create_many(provider, 1)
-            async with watcher.watch(video_id, started=time.time()) as watch:
-                assert await watch.next_change() is not None
-                asyncio.get_running_loop().call_later(0.1, watcher.interrupt, video_id)
-                assert await asyncio.wait_for(watch.next_change(), timeout=2) is None
-            assert watcher.watching == 0
-        finally:
-            await watcher.aclose()
-            await provider.aclose()
+    async with FakeVideosServer(render_seconds=600) as fake, watcher_for(fake) as (provider, watcher):
+        (video_id,) = await create_many(provider, 1)
+        async with watcher.watch(video_id, started=time.time()) as watch:
+            assert await watch.next_change() is not None
+            asyncio.get_running_loop().call_later(0.1, watcher.interrupt, video_id)
+            assert await asyncio.wait_for(watch.next_change(), timeout=2) is None
+        assert watcher.watching == 0
 
 
 # --- the worker ---------------------------------------------------------------------------------
