@@ -136,6 +136,8 @@ class Job:
     reference_path: str | None = None
     budget_period: str | None = None
     started_at: float | None = None
+    # When reelbot learned the render's id: the render's age, which its poll schedule follows.
+    render_started_at: float | None = None
 
     @property
     def user_key(self) -> str:

@@ -175,6 +175,10 @@ _MIGRATIONS: tuple[str, ...] = (
         WHERE user_key = NEW.user_key AND period = NEW.period;
     END
     """,
+    # 4: when the render itself started (submission may have waited out rate limits before it).
+    """
+    ALTER TABLE jobs ADD COLUMN render_started_at REAL
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -226,6 +230,7 @@ _UPDATABLE = frozenset(
         "reference_path",
         "user_name",
         "started_at",
+        "render_started_at",
     }
 )
 
@@ -333,6 +338,7 @@ def _row_to_job(row: aiosqlite.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         started_at=row["started_at"],
+        render_started_at=row["render_started_at"],
     )
 
 

@@ -317,6 +317,7 @@ class Worker:
             job.id,
             state=JobState.RENDERING,
             provider_video_id=video.id,
+            render_started_at=self.bot.clock(),
             progress=video.progress,
             expect=[JobState.SUBMITTING],
         )
@@ -340,7 +341,11 @@ class Worker:
                 continue
             log.info("job %s: adopting render %s %s", job.id, found.id, why)
             await self.store.update_job(
-                job.id, state=JobState.RENDERING, provider_video_id=found.id, expect=[JobState.SUBMITTING]
+                job.id,
+                state=JobState.RENDERING,
+                provider_video_id=found.id,
+                render_started_at=self.bot.clock(),
+                expect=[JobState.SUBMITTING],
             )
             return True
         return False
@@ -370,13 +375,13 @@ class Worker:
         was asked for); ``_drive`` then reads the row again.
         """
         assert job.provider_video_id is not None
-        started = job.started_at or job.created_at
+        started = job.started_at or job.created_at  # the deadline covers the whole job, submission included
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.render_deadline_s - (self.bot.clock() - started)
         progress = job.progress
         self._watching[job.id] = job.provider_video_id
         try:
-            async with self.renders.watch(job.provider_video_id, started=started) as watch:
+            async with self.renders.watch(job.provider_video_id, started=job.render_started_at or started) as watch:
                 while True:
                     try:
                         async with asyncio.timeout_at(deadline):

@@ -212,20 +212,23 @@ async def test_budget_usage_always_equals_the_ledger(tmp_path):
         await store.close()
 
 
-async def test_a_version_2_database_gains_the_usage_trigger(tmp_path):
+async def test_a_version_2_database_is_migrated_to_the_usage_trigger_and_render_start(tmp_path):
     path = tmp_path / "reelbot.db"
     store = await Store.open(path)
     await store._db.execute("DROP TRIGGER ledger_moves_usage")
+    await store._db.execute("ALTER TABLE jobs DROP COLUMN render_started_at")
     await store._db.execute("PRAGMA user_version = 2")
     await store.close()
     store = await Store.open(path)
     try:
-        assert (await store._read_one("PRAGMA user_version"))[0] == store.schema_version == 3
+        assert (await store._read_one("PRAGMA user_version"))[0] == store.schema_version == 4
         job = make_job(user="u1", cost=400_000)
         await store.insert_job(job)
         await store.admit(
             job.id, period="2026-11", default_subject="default:x", fallback_limit=10**9, queued_state=JobState.QUEUED
         )
+        rendering = await store.update_job(job.id, state=JobState.RENDERING, render_started_at=123.0)
+        assert rendering.render_started_at == 123.0
         await store.finish_job(job.id, JobState.DELIVERED)
         usage = await store.usage("console:w:u1", "2026-11", default_subject="default:x", fallback_limit=10**9)
         assert (usage.spent_micros, usage.reserved_micros) == (400_000, 0)

@@ -230,3 +230,22 @@ async def test_a_restart_after_the_create_was_sent_adopts_the_render(
         assert await second.store.ledger_for(job.id) == [("reserve", 400_000), ("settle", 400_000)]
     finally:
         await second.close()
+
+
+async def test_the_poll_schedule_counts_from_the_render_not_from_a_slow_submission(
+    app: App, fake: FakeVideosServer
+) -> None:
+    fake.render_seconds = 3.0
+    fake.inject("create", delay=0.6)  # the service takes its time before it starts anything
+    reply = await app.bot.handle(ask("a cat"))
+    assert reply.ok
+    while (rendering := await app.store.get_job(reply.job.id)).state is not JobState.RENDERING:
+        await asyncio.sleep(0.02)
+    while not app.worker.renders.watching:
+        await asyncio.sleep(0.02)
+    (watched,) = app.worker.renders._watched.values()
+    assert rendering.render_started_at - rendering.started_at >= 0.6
+    assert watched.started == rendering.render_started_at  # the schedule's clock starts with the render
+    job = await app.worker.wait_for(reply.job.id, timeout=30)
+    assert job.state is JobState.DELIVERED, job.error
+    assert app.worker.renders.watching == 0
