@@ -182,7 +182,7 @@ class RenderWatcher:
         due = [w for w in self._watched.values() if not w.in_flight and w.due <= now + BATCH_WINDOW_SECONDS]
         pages = math.ceil(len(self._watched) / _PAGE)
         if len(due) >= max(self._batch_min_due, 2 * pages):
-            covered = await self._sweep(due)
+            covered = await self._sweep()
             due = [w for w in due if w.video_id not in covered and w.video_id in self._watched]
         for watched in due:
             watched.in_flight = True
@@ -190,8 +190,8 @@ class RenderWatcher:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _sweep(self, due: list[_Watched]) -> set[str]:
-        """Asks for every watched render at once; returns the ids the answer covered."""
+    async def _sweep(self) -> set[str]:
+        """Asks for every watched render at once (not only the due ones); returns the ids the answer covered."""
         watching = [w for w in self._watched.values() if not w.in_flight]
         since = min(w.started for w in watching)
         self.sweeps += 1
