@@ -91,10 +91,21 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class JobOptions:
+    """What the clip should be. ``model`` is a catalog name (``veo-3.1-fast``), not a provider's id.
+
+    ``size`` is the exact frame (``1280x720``), derived from ``aspect`` and ``resolution`` by the
+    catalog; ``audio`` is None when the model decides (it always or never makes sound).
+    """
+
     model: str
     size: str
     seconds: int
     cameo: str | None = None
+    aspect: str = ""
+    resolution: str = ""
+    audio: bool | None = None
+    seed: int | None = None
+    negative: str = ""
 
     @property
     def width(self) -> int:

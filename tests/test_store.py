@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from bot.jobs import Job, JobOptions, JobState
 from bot.store import Store, StoreError, new_job_id
+from bot.store.schema import MIGRATIONS, statements
 
 
 def make_job(user: str = "alice", key: str | None = None, cost: int = 400_000) -> Job:
@@ -214,14 +216,14 @@ async def test_budget_usage_always_equals_the_ledger(tmp_path):
 
 async def test_a_version_2_database_is_migrated_to_the_usage_trigger_and_render_start(tmp_path):
     path = tmp_path / "reelbot.db"
-    store = await Store.open(path)
-    await store._db.execute("DROP TRIGGER ledger_moves_usage")
-    await store._db.execute("ALTER TABLE jobs DROP COLUMN render_started_at")
-    await store._db.execute("PRAGMA user_version = 2")
-    await store.close()
+    with sqlite3.connect(path) as conn:  # a database exactly as version 2 left it
+        for script in MIGRATIONS[:2]:
+            for statement in statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
     store = await Store.open(path)
     try:
-        assert (await store._read_one("PRAGMA user_version"))[0] == store.schema_version == 4
+        assert (await store._read_one("PRAGMA user_version"))[0] == store.schema_version == len(MIGRATIONS)
         job = make_job(user="u1", cost=400_000)
         await store.insert_job(job)
         await store.admit(
@@ -234,3 +236,11 @@ async def test_a_version_2_database_is_migrated_to_the_usage_trigger_and_render_
         assert (usage.spent_micros, usage.reserved_micros) == (400_000, 0)
     finally:
         await store.close()
+
+
+async def test_a_database_from_a_newer_reelbot_is_refused_with_one_line(tmp_path):
+    path = tmp_path / "reelbot.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this reelbot knows"):
+        await Store.open(path)

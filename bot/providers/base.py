@@ -101,12 +101,51 @@ class ReferenceImage:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """How one provider serves one catalog model (a row of the model catalog's ``routes``).
+
+    Attributes:
+        provider: the provider's name in reelbot (``fal``, ``openrouter``, ``openai``, ``local``).
+        model_id: the provider's own id for text-to-video (``fal-ai/veo3.1/fast``, ``google/veo-3.1-fast``).
+        image_model_id: the id for a first frame (image-to-video), when the provider uses another one.
+        reference_model_id: the id for subject reference images (a cameo), when the provider uses another one.
+    """
+
+    provider: str
+    model_id: str
+    image_model_id: str = ""
+    reference_model_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RenderSpec:
+    """One render, in the catalog's terms; each provider maps it onto its own wire format.
+
+    Attributes:
+        model: the catalog name people type (``veo-3.1-fast``); ``family`` says whose input
+            conventions it follows (``veo``, ``kling``, ``seedance``, ``ltx``, ``wan``, ``sora``).
+        size: the exact frame ``WxH`` (what the local renderer and /v1/videos take).
+        aspect, resolution: ``16:9``/``9:16``/``1:1`` and ``720p``/``1080p`` (what the aggregators take).
+        audio: whether to generate sound; None leaves it to the model (always or never).
+        reference: a first frame, or a cameo when ``reference.is_likeness`` (sent as the subject
+            reference to models that take one).
+        route: the provider's ids for this model; None for providers that take ``model`` as is.
+        webhook_url: where the provider should call back on completion, when reelbot listens.
+    """
+
     prompt: str
     model: str
     size: str  # "WxH"
     seconds: int
     reference: ReferenceImage | None = None
+    aspect: str = ""
+    resolution: str = ""
+    audio: bool | None = None
+    seed: int | None = None
+    negative_prompt: str = ""
+    family: str = ""
+    route: Route | None = None
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
