@@ -68,5 +68,8 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.slack_app_token,
         settings.slack_signing_secret,
         settings.discord_bot_token,
+        settings.fal_key,
+        settings.openrouter_api_key,
+        settings.openrouter_webhook_secret,
     ]
     return [v.get_secret_value() for v in values if v is not None]

@@ -57,6 +57,28 @@ class Settings(BaseSettings):
     discord_gateway_url: str = _env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
     discord_guild_id: int | None = _env("DISCORD_GUILD_ID", default=None)
 
+    # The model catalog and the providers that serve it (several at once, one key each).
+    models_file: Path | None = _env("REELBOT_MODELS_FILE", default=None)
+    default_model: str | None = _env("REELBOT_DEFAULT_MODEL", default=None)
+    fal_key: SecretStr | None = _env("FAL_KEY", default=None)
+    fal_queue_url: str = _env("FAL_QUEUE_URL", default="https://queue.fal.run")
+    fal_jwks_url: str = _env("FAL_JWKS_URL", default="https://rest.alpha.fal.ai/.well-known/jwks.json")
+    fal_user_id: str | None = _env("FAL_USER_ID", default=None)
+    openrouter_api_key: SecretStr | None = _env("OPENROUTER_API_KEY", default=None)
+    openrouter_base_url: str = _env("OPENROUTER_BASE_URL", default="https://openrouter.ai/api/v1")
+    openrouter_webhook_secret: SecretStr | None = _env("OPENROUTER_WEBHOOK_SECRET", default=None)
+    # Where providers can reach reelbot's webhooks (https://bot.example.com); unset: poll only.
+    public_url: str | None = _env("REELBOT_PUBLIC_URL", default=None)
+
+    # How jobs end when something keeps going wrong.
+    max_attempts: int = _env("REELBOT_MAX_ATTEMPTS", default=5, ge=1, le=100)
+    undelivered_ttl_s: float = _env("REELBOT_UNDELIVERED_TTL_S", default=7 * 24 * 3600.0, gt=0)
+
+    # Who must confirm a cameo belongs to the person registering it (see the README's cameo section).
+    cameo_admin_verify: Literal["never", "unverified", "always"] = _env(
+        "REELBOT_CAMEO_ADMIN_VERIFY", default="unverified"
+    )
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -64,9 +86,20 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("openai_base_url", "slack_api_url", "discord_api_url", "discord_gateway_url")
+    @field_validator(
+        "openai_base_url",
+        "slack_api_url",
+        "discord_api_url",
+        "discord_gateway_url",
+        "fal_queue_url",
+        "fal_jwks_url",
+        "openrouter_base_url",
+        "public_url",
+    )
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.startswith(("http://", "https://", "ws://", "wss://")):
             raise ValueError("an http(s):// or ws(s):// URL")
         return value
@@ -90,6 +123,24 @@ class Settings(BaseSettings):
         if self.provider is not None:
             return self.provider
         return "openai" if self.openai_api_key is not None else "local"
+
+    @property
+    def provider_names(self) -> tuple[str, ...]:
+        """The providers to configure, in the order their keys are checked: every one with a key.
+
+        ``REELBOT_PROVIDER=local`` keeps everything on the local renderer; with no key at all the
+        local renderer stands in for every catalog model.
+        """
+        if self.provider == "local":
+            return ("local",)
+        names = []
+        if self.fal_key is not None:
+            names.append("fal")
+        if self.openrouter_api_key is not None:
+            names.append("openrouter")
+        if self.openai_api_key is not None:
+            names.append("openai")
+        return tuple(names) or ("local",)
 
     @property
     def db_path(self) -> Path:

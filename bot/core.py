@@ -36,6 +36,7 @@ from bot.media import MediaError, fit_reference
 from bot.money import UnknownPriceError, clip_cost, format_usd, usd_to_micros
 from bot.periods import period_key, period_reset
 from bot.providers.base import ReferenceImage, VideoProvider
+from bot.providers.registry import ProviderSet
 from bot.store import Store, StoreError, new_job_id
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,19 @@ class ReelBot:
         self,
         *,
         store: Store,
-        provider: VideoProvider,
+        provider: VideoProvider | None = None,
+        providers: ProviderSet | None = None,
         policy: CorePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if providers is None:
+            if provider is None:
+                raise TypeError("ReelBot needs a provider or providers")
+            providers = ProviderSet.single(provider)
         self.store = store
-        self.provider = provider
+        #: Every configured provider; ``provider`` is the default one.
+        self.providers = providers
+        self.provider = providers.get(None)
         self.policy = policy
         self.clock = clock
         self.deliveries: dict[str, Delivery] = {}
@@ -135,6 +143,10 @@ class ReelBot:
 
     def wake(self) -> None:
         self._wake()
+
+    def provider_for(self, job: Job) -> VideoProvider:
+        """The provider serving ``job`` (stored on the job, so a restart asks the same one)."""
+        return self.providers.get(job.provider)
 
     def is_admin(self, requester: Requester) -> bool:
         return requester.is_admin or requester.user_id in self.policy.admin_ids

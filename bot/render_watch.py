@@ -44,6 +44,7 @@ class _Watched:
     video_id: str
     started: float  # unix time the render was asked for: the poll schedule is relative to it
     due: float  # loop time of the next poll
+    min_interval: float = 0.0  # while a webhook is expected, polls are a slow safety net
     last: ProviderVideo | None = None
     failures: int = 0
     in_flight: bool = False
@@ -121,10 +122,14 @@ class RenderWatcher:
         return len(self._watched)
 
     @contextlib.asynccontextmanager
-    async def watch(self, video_id: str, *, started: float) -> AsyncIterator[RenderWatch]:
-        """Watches ``video_id`` for as long as the block runs; the first poll is due at once."""
+    async def watch(self, video_id: str, *, started: float, min_interval: float = 0.0) -> AsyncIterator[RenderWatch]:
+        """Watches ``video_id`` for as long as the block runs; the first poll is due at once.
+
+        ``min_interval`` spaces the polls at least that far apart: when the provider will call a
+        webhook on completion, polling is only the safety net for a webhook that never comes.
+        """
         loop = asyncio.get_running_loop()
-        watched = _Watched(video_id=video_id, started=started, due=loop.time())
+        watched = _Watched(video_id=video_id, started=started, due=loop.time(), min_interval=min_interval)
         self._watched[video_id] = watched
         self._ensure_running()
         self._wakeup.set()
@@ -133,6 +138,15 @@ class RenderWatcher:
         finally:
             if self._watched.get(video_id) is watched:
                 del self._watched[video_id]
+
+    def poll_now(self, video_id: str) -> bool:
+        """Asks about ``video_id`` at once (a webhook said it finished); false when it is not watched."""
+        watched = self._watched.get(video_id)
+        if watched is None:
+            return False
+        watched.due = asyncio.get_running_loop().time()
+        self._wakeup.set()
+        return True
 
     def interrupt(self, video_id: str) -> None:
         """Makes a pending ``next_change`` for ``video_id`` return None (its job needs a look)."""
@@ -234,6 +248,7 @@ class RenderWatcher:
         delay = self._poller.next_delay(elapsed=elapsed, progress=video.progress, hint=video.poll_after)
         if video.poll_after is None:
             delay *= self._rng.uniform(0.9, 1.1)  # renders started together drift apart
+        delay = max(delay, watched.min_interval)
         watched.due = asyncio.get_running_loop().time() + delay
         if previous is None or (previous.status, previous.progress) != (video.status, video.progress):
             watched.outcome = video

@@ -55,7 +55,6 @@ class Worker:
     ) -> None:
         self.bot = bot
         self.store = bot.store
-        self.provider = bot.provider
         self.clips_dir = clips_dir
         self.max_in_flight = max_in_flight
         self.max_per_user = max_per_user
@@ -71,15 +70,16 @@ class Worker:
         self._fresh_deliveries: set[str] = set()
         self._positions: dict[str, int] = {}
         self._fresh_submits: set[str] = set()
-        self._watching: dict[str, str] = {}  # job id -> the render it waits on
+        self._watching: dict[str, tuple[str, str]] = {}  # job id -> (provider, the render it waits on)
         self._event = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._rng = random.Random()
-        # Through self._sleep as it is at the time of the wait: tests replace it after construction.
-        self.renders = RenderWatcher(
-            provider=bot.provider, clock=bot.clock, poller=poller_factory(), sleep=lambda s: self._sleep(s)
-        )
+        # One watcher per provider (sweeps list one provider's renders). Through self._sleep as it
+        # is at the time of the wait: tests replace it after construction.
+        self._poller_factory = poller_factory
+        self._watchers: dict[str, RenderWatcher] = {}
+        self.renders = self.watcher_for(bot.provider.name)
         self._leases_renewed_at = -math.inf
         bot.on_new_work(self.wake)
 
@@ -103,7 +103,8 @@ class Worker:
                 await task
         self._loop_task = None
         self._tasks.clear()
-        await self.renders.aclose()
+        for watcher in self._watchers.values():
+            await watcher.aclose()
         # A task cancelled inside its own ``finally`` may not have released its lease.
         with contextlib.suppress(Exception):
             await self.store.release_leases(self.owner)
@@ -112,6 +113,18 @@ class Worker:
 
     def wake(self) -> None:
         self._event.set()
+
+    def watcher_for(self, provider_name: str) -> RenderWatcher:
+        """The render watcher of one provider, made on first use."""
+        watcher = self._watchers.get(provider_name)
+        if watcher is None:
+            watcher = self._watchers[provider_name] = RenderWatcher(
+                provider=self.bot.providers.get(provider_name),
+                clock=self.bot.clock,
+                poller=self._poller_factory(),
+                sleep=lambda s: self._sleep(s),
+            )
+        return watcher
 
     @property
     def running_jobs(self) -> int:
@@ -211,9 +224,10 @@ class Worker:
 
     def _interrupt(self, job_id: str) -> None:
         """Makes a job waiting on its render look at its row again (its cancellation was asked for)."""
-        video_id = self._watching.get(job_id)
-        if video_id is not None:
-            self.renders.interrupt(video_id)
+        watching = self._watching.get(job_id)
+        if watching is not None:
+            provider_name, video_id = watching
+            self.watcher_for(provider_name).interrupt(video_id)
 
     async def _refresh_queue_positions(self, jobs: list[Job]) -> None:
         """Edits queued cards whose position changed (a job ahead started or was cancelled).
@@ -304,9 +318,9 @@ class Worker:
                     return
             self._fresh_submits.add(job.id)
             if job.remix_of:
-                video = await self.provider.remix(job.remix_of, job.prompt)
+                video = await self.bot.provider_for(job).remix(job.remix_of, job.prompt)
             else:
-                video = await self.provider.create(spec)
+                video = await self.bot.provider_for(job).create(spec)
         except ProviderError as exc:
             # The create may have started a render we never heard about: look for it before giving up.
             if exc.ambiguous and spec is not None and await self._adopt(job, spec, why="whose answer was lost"):
@@ -334,7 +348,7 @@ class Worker:
             if wait:
                 await self._sleep(wait)
             try:
-                found = await self.provider.find_recent(spec, job.started_at or job.created_at)
+                found = await self.bot.provider_for(job).find_recent(spec, job.started_at or job.created_at)
             except ProviderError:
                 continue
             if found is None or await self.store.video_in_use(found.id, other_than=job.id):
@@ -379,16 +393,18 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.render_deadline_s - (self.bot.clock() - started)
         progress = job.progress
-        self._watching[job.id] = job.provider_video_id
+        provider = self.bot.provider_for(job)
+        self._watching[job.id] = (provider.name, job.provider_video_id)
+        watcher = self.watcher_for(provider.name)
         try:
-            async with self.renders.watch(job.provider_video_id, started=job.render_started_at or started) as watch:
+            async with watcher.watch(job.provider_video_id, started=job.render_started_at or started) as watch:
                 while True:
                     try:
                         async with asyncio.timeout_at(deadline):
                             video = await watch.next_change()
                     except TimeoutError:
                         with contextlib.suppress(ProviderError):
-                            await self.provider.delete(job.provider_video_id)
+                            await provider.delete(job.provider_video_id)
                         minutes = max(1, round(self.render_deadline_s / 60))
                         await self._fail(job, f"The video service did not finish within {minutes} minutes.")
                         return
@@ -419,7 +435,7 @@ class Worker:
         assert job.provider_video_id is not None
         dest = self.clips_dir / f"{job.id}.mp4"
         try:
-            await self.provider.download(job.provider_video_id, dest)
+            await self.bot.provider_for(job).download(job.provider_video_id, dest)
         except ProviderError as exc:
             if exc.kind is ErrorKind.BAD_RESPONSE:
                 await self._fail(job, "The video service sent back something that is not a video.")
@@ -494,7 +510,7 @@ class Worker:
     async def _cancel(self, job: Job) -> None:
         if job.provider_video_id:
             with contextlib.suppress(ProviderError):
-                await self.provider.delete(job.provider_video_id)
+                await self.bot.provider_for(job).delete(job.provider_video_id)
         await self._finish(job, JobState.CANCELLED, "cancelled")
 
     async def _fail(self, job: Job, reason: str) -> None:

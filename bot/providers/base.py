@@ -38,7 +38,7 @@ class ErrorKind(StrEnum):
 
 _PLAIN: dict[ErrorKind, str] = {
     ErrorKind.MODERATION: "The video service's moderation blocked this request; try a different prompt.",
-    ErrorKind.AUTH: "The video service rejected reelbot's API key; an admin needs to check OPENAI_API_KEY.",
+    ErrorKind.AUTH: "The video service rejected reelbot's API key; an admin needs to check it (`reelbot doctor`).",
     ErrorKind.MODEL_UNAVAILABLE: "The video service does not offer this model (it may be retired).",
     ErrorKind.TIMEOUT: "The video service did not finish in time.",
     ErrorKind.RATE_LIMITED: "The video service is busy (rate limited); try again in a little while.",
@@ -162,6 +162,8 @@ class ProviderVideo:
     error: ProviderError | None = None
     poll_after: float | None = None
     download_url: str | None = None
+    #: Renders ahead of this one in the provider's queue (fal tells; 0 = next), None when unknown.
+    queue_position: int | None = None
 
 
 ProgressCallback = Callable[[int], None]
