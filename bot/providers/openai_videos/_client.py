@@ -201,7 +201,7 @@ class OpenAIVideosProvider:
         reference = spec.reference
         if reference is not None and reference.is_likeness:
             raise ProviderError(ErrorKind.BAD_REQUEST, "this service does not accept images of real people")
-        fields = {"prompt": spec.prompt, "model": spec.model, "seconds": str(spec.seconds), "size": spec.size}
+        fields = {"prompt": spec.prompt, "model": _model_id(spec), "seconds": str(spec.seconds), "size": spec.size}
         kwargs: dict[str, Any]
         if reference is None:
             kwargs = {"json": fields}
@@ -322,12 +322,31 @@ class OpenAIVideosProvider:
                 continue
             if (item.get("prompt"), item.get("model"), str(item.get("seconds")), item.get("size")) == (
                 spec.prompt,
-                spec.model,
+                _model_id(spec),
                 str(spec.seconds),
                 spec.size,
             ):
                 return normalise_video(item)
         return None
+
+    async def check(self) -> str | None:
+        """Whether the host accepts the key, without starting a render: None when it does.
+
+        Lists one video (free). A host that does not offer the list (a LiteLLM proxy may not) is
+        asked for its models instead; if it offers neither, the key cannot be checked for free and
+        that is said.
+        """
+        for path, params in (("videos", {"limit": "1"}), ("models", {})):
+            try:
+                await self._json_call("check", "GET", path, resend_after_send=True, params=params)
+                return None
+            except ProviderError as error:
+                if error.kind is ErrorKind.AUTH:
+                    return f"the host at {self._base_url} rejected OPENAI_API_KEY (HTTP {error.status_code})"
+                if error.status_code in (400, 404, 405, 501):
+                    continue
+                return f"the host at {self._base_url} could not be asked: {error.user_message}"
+        return f"the host at {self._base_url} offers no free endpoint to check the key with"
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -468,6 +487,11 @@ class OpenAIVideosProvider:
                 raise ProviderError(ErrorKind.BAD_RESPONSE, "the download is empty", retryable=True)
             await asyncio.to_thread(part.commit)
             return size
+
+
+def _model_id(spec: RenderSpec) -> str:
+    """The host's name for the model: the catalog route's id, else the catalog name (sora-2)."""
+    return spec.route.model_id if spec.route is not None and spec.route.model_id else spec.model
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -1,0 +1,81 @@
+"""``reelbot doctor``: one line per platform and provider, against fake servers; no render is ever started."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import load_settings
+from bot.doctor import diagnose
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.videos_server import FakeVideosServer
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "DISCORD_BOT_TOKEN",
+        "OPENAI_API_KEY",
+        "FAL_KEY",
+        "OPENROUTER_API_KEY",
+        "REELBOT_PROVIDER",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REELBOT_DATA_DIR", str(tmp_path / "data"))
+    return monkeypatch
+
+
+async def test_every_configured_platform_and_provider_gets_one_line(clean_env):
+    async with FakeSlack() as slack, FakeDiscord() as discord, FakeVideosServer() as videos:
+        settings = load_settings(
+            SLACK_BOT_TOKEN=slack.bot_token,
+            SLACK_APP_TOKEN=slack.app_token,
+            SLACK_API_URL=slack.api_url,
+            DISCORD_BOT_TOKEN=discord.token,
+            DISCORD_API_URL=f"http://127.0.0.1:{discord.port}/api/v10",
+            OPENAI_API_KEY=videos.api_key,
+            OPENAI_BASE_URL=videos.base_url,
+        )
+        findings = await diagnose(settings)
+    lines = [f.line() for f in findings]
+    assert lines[0].startswith("ok   slack: workspace Fake Team as reelbot, Socket Mode"), lines
+    assert lines[1] == "ok   discord: logged in as reelbot", lines
+    assert lines[2] == "ok   openai: key accepted", lines
+    assert not any(f.failed for f in findings)
+    assert not any(r.method == "POST" for r in videos.requests), "the doctor must not start a render"
+
+
+async def test_wrong_keys_and_half_configured_platforms_fail_naming_what_to_fix(clean_env):
+    async with FakeSlack() as slack, FakeDiscord() as discord, FakeVideosServer() as videos:
+        settings = load_settings(
+            SLACK_SIGNING_SECRET="only-the-secret",
+            DISCORD_BOT_TOKEN="not-the-token",
+            DISCORD_API_URL=f"http://127.0.0.1:{discord.port}/api/v10",
+            OPENAI_API_KEY="sk-wrong",
+            OPENAI_BASE_URL=videos.base_url,
+        )
+        findings = {f.subject: f for f in await diagnose(settings)}
+        assert findings["slack"].failed and "SLACK_BOT_TOKEN is missing" in findings["slack"].text
+        assert findings["discord"].failed and "DISCORD_BOT_TOKEN was refused" in findings["discord"].text
+        assert findings["openai"].failed and "rejected OPENAI_API_KEY" in findings["openai"].text
+        settings = load_settings(SLACK_BOT_TOKEN="xoxb-wrong", SLACK_APP_TOKEN="xapp-1", SLACK_API_URL=slack.api_url)
+        (slack_finding, *_rest) = await diagnose(settings)
+    assert slack_finding.failed and "SLACK_BOT_TOKEN was refused" in slack_finding.text
+
+
+async def test_nothing_configured_is_not_a_failure_and_the_local_renderer_stands_in(clean_env):
+    findings = await diagnose(load_settings())
+    assert [f.line() for f in findings] == [
+        "--   slack: not configured",
+        "--   discord: not configured",
+        "ok   local: the embedded renderer (no key; stands in for every catalog model)",
+    ]
+
+
+async def test_an_unreachable_provider_is_a_failure_not_a_traceback(clean_env):
+    settings = load_settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    findings = {f.subject: f for f in await diagnose(settings)}
+    assert findings["openai"].failed and "could not be asked" in findings["openai"].text
