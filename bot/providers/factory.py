@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from bot.config import Settings
 from bot.providers.base import VideoProvider
 from bot.providers.registry import ProviderSet
@@ -18,8 +20,13 @@ def build_provider(settings: Settings, name: str) -> VideoProvider:
         from bot.providers.openrouter import OpenRouterProvider
 
         assert settings.openrouter_api_key is not None
+        public = urlsplit(settings.public_url or "")
         return OpenRouterProvider(
-            api_key=settings.openrouter_api_key.get_secret_value(), base_url=settings.openrouter_base_url
+            api_key=settings.openrouter_api_key.get_secret_value(),
+            base_url=settings.openrouter_base_url,
+            app_url=settings.public_url,
+            # OpenRouter calls back only to https; a plain-http loopback URL is a local test set-up.
+            allow_http_callbacks=public.scheme == "http" and public.hostname in ("127.0.0.1", "localhost", "::1"),
         )
     if name == "openai":
         from bot.providers.openai_videos import OpenAIVideosProvider
