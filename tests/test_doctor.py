@@ -79,3 +79,17 @@ async def test_an_unreachable_provider_is_a_failure_not_a_traceback(clean_env):
     settings = load_settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
     findings = {f.subject: f for f in await diagnose(settings)}
     assert findings["openai"].failed and "could not be asked" in findings["openai"].text
+
+
+async def test_openrouter_key_is_checked_for_free(clean_env):
+    from tests.fakes.openrouter_api import FakeOpenRouter
+
+    async with FakeOpenRouter() as fake:
+        good = load_settings(OPENROUTER_API_KEY=fake.api_key, OPENROUTER_BASE_URL=fake.base_url)
+        bad = load_settings(OPENROUTER_API_KEY="sk-or-wrong", OPENROUTER_BASE_URL=fake.base_url)
+        ok = {f.subject: f for f in await diagnose(good)}
+        refused = {f.subject: f for f in await diagnose(bad)}
+        created = [r for r in fake.requests if r.method == "POST"]
+    assert ok["openrouter"].line() == "ok   openrouter: key accepted"
+    assert refused["openrouter"].failed
+    assert created == [], "the doctor must not start a render"
