@@ -93,3 +93,15 @@ async def test_openrouter_key_is_checked_for_free(clean_env):
     assert ok["openrouter"].line() == "ok   openrouter: key accepted"
     assert refused["openrouter"].failed
     assert created == [], "the doctor must not start a render"
+
+
+async def test_fal_key_is_checked_for_free(clean_env):
+    from tests.fakes.fal_queue import FakeFalQueue
+
+    async with FakeFalQueue() as fake:
+        good = {f.subject: f for f in await diagnose(load_settings(FAL_KEY=fake.api_key, FAL_QUEUE_URL=fake.queue_url))}
+        bad = {f.subject: f for f in await diagnose(load_settings(FAL_KEY="id:wrong", FAL_QUEUE_URL=fake.queue_url))}
+        submitted = [r for r in fake.requests if r.method == "POST"]
+    assert good["fal"].line() == "ok   fal: key accepted"
+    assert bad["fal"].failed
+    assert submitted == [], "the doctor must not start a render"
