@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     budget_period: Period = _env("REELBOT_BUDGET_PERIOD", default="month")
     max_jobs_per_user: int = _env("REELBOT_MAX_JOBS_PER_USER", default=2, ge=1, le=1000)
     max_jobs_in_flight: int = _env("REELBOT_MAX_JOBS_IN_FLIGHT", default=4, ge=1, le=10_000)
-    allow_long_clips: bool = _env("REELBOT_ALLOW_LONG_CLIPS", default=False)
-    allow_1080p: bool = _env("REELBOT_ALLOW_1080P", default=False)
+    # Replaced by the model catalog: set, they stop start-up with a line saying what to do instead.
+    allow_long_clips: str | None = _env("REELBOT_ALLOW_LONG_CLIPS", default=None)
+    allow_1080p: str | None = _env("REELBOT_ALLOW_1080P", default=None)
     admin_ids: Annotated[tuple[str, ...], NoDecode] = _env("REELBOT_ADMIN_IDS", default=())
     render_deadline_s: float = _env("REELBOT_RENDER_DEADLINE_S", default=1200.0, gt=0)
     consent_timeout_s: float = _env("REELBOT_CONSENT_TIMEOUT_S", default=3600.0, gt=0)
@@ -104,12 +105,41 @@ class Settings(BaseSettings):
             raise ValueError("an http(s):// or ws(s):// URL")
         return value
 
+    @field_validator("user_budget_usd")
+    @classmethod
+    def _whole_cents(cls, value: Decimal) -> Decimal:
+        """Budgets are whole cents, like ``/video admin budget``: a fraction of a cent is a typo, not a limit."""
+        if not value.is_finite() or value != value.quantize(Decimal("0.01")):
+            raise ValueError("must be whole cents, such as 10 or 2.50")
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: object) -> object:
+        """An empty value would silently mean the current directory; unset the variable for the default."""
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must name a folder; leave it unset to use ./reelbot-data")
+        return value
+
     @field_validator("provider", "budget_period", "log_level", mode="before")
     @classmethod
     def _lower_or_upper(cls, value: object, info) -> object:
         if isinstance(value, str):
             return value.upper() if info.field_name == "log_level" else value.strip().lower()
         return value
+
+    @model_validator(mode="after")
+    def _retired_switches(self) -> Settings:
+        for name, value in (
+            ("REELBOT_ALLOW_LONG_CLIPS", self.allow_long_clips),
+            ("REELBOT_ALLOW_1080P", self.allow_1080p),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is no longer used: each model's lengths and resolutions are in the model catalog; "
+                    "change them with REELBOT_MODELS_FILE (see the README)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _provider_needs_key(self) -> Settings:
@@ -159,6 +189,22 @@ class Settings(BaseSettings):
     @property
     def discord_configured(self) -> bool:
         return self.discord_bot_token is not None
+
+    @property
+    def incomplete_platforms(self) -> tuple[str, ...]:
+        """One line for each chat platform some of whose variables are set but that cannot start."""
+        problems = []
+        if self.slack_bot_token is None and (self.slack_app_token is not None or self.slack_signing_secret is not None):
+            given = "SLACK_APP_TOKEN" if self.slack_app_token is not None else "SLACK_SIGNING_SECRET"
+            problems.append(f"Slack: {given} is set but SLACK_BOT_TOKEN is missing.")
+        elif self.slack_bot_token is not None and not self.slack_configured:
+            problems.append(
+                "Slack: SLACK_BOT_TOKEN is set but SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET "
+                "(HTTP mode) is missing."
+            )
+        if self.discord_bot_token is None and self.discord_guild_id is not None:
+            problems.append("Discord: DISCORD_GUILD_ID is set but DISCORD_BOT_TOKEN is missing.")
+        return tuple(problems)
 
 
 _ACCEPTS = {

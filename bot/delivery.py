@@ -1,15 +1,26 @@
 """What the core needs from a chat platform: each adapter implements ``Delivery``.
 
 The core decides what to say and when; a Delivery only knows how to say it on its platform.
+``CardThrottle`` is the one place card edits are paced, for every platform.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bot.jobs import Job
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CARD_INTERVAL_S = 3.0
+_ENDED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +105,99 @@ class Delivery(Protocol):
     ) -> str | None:
         """Sends a private message with optional buttons ``(action_id, label)``; returns its ref."""
         ...
+
+
+@dataclass(eq=False)
+class _CardSlot:
+    last: float = float("-inf")  # loop time of the last edit
+    shown: float = float("-inf")  # ``updated_at`` of the view last shown: older views are stale
+    latest: Job | None = None  # the newest view not yet shown
+    timer: asyncio.Task[None] | None = None
+
+
+class CardThrottle:
+    """At most one edit of a job's card per interval; what arrives in between is kept, not dropped.
+
+    An update inside the window is stored as the job's latest view, and one edit is scheduled for
+    when the window ends; further updates only replace the stored view, so the card always ends
+    up showing the latest known state (the final one included), with at most one edit per
+    interval. State changes go through the same pacing. Posting the card is not an edit: the first
+    edit may follow it at once.
+
+    Args:
+        edit: shows a job's view on its card (the core's; it renders the view and calls the platform).
+        interval_for: the job's platform interval (a Delivery's ``min_update_interval``, 3 s by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        edit: Callable[[Job], Awaitable[None]],
+        interval_for: Callable[[Job], float],
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._edit = edit
+        self._interval_for = interval_for
+        self._clock = clock
+        self._slots: dict[str, _CardSlot] = {}
+        # Jobs whose final view was shown, with its ``updated_at``: a stale view read before the end
+        # (a scheduler's snapshot, say) must not bring an old state back. Bounded; oldest forgotten.
+        self._ended: OrderedDict[str, float] = OrderedDict()
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    async def update(self, job: Job) -> None:
+        """Shows ``job`` now if the interval allows, else as part of the next allowed edit."""
+        if job.updated_at < self._ended.get(job.id, float("-inf")):
+            return  # older than the final view already shown
+        slot = self._slots.setdefault(job.id, _CardSlot())
+        if job.updated_at < slot.shown or (slot.latest is not None and job.updated_at < slot.latest.updated_at):
+            return  # older than a view already shown or waiting
+        slot.latest = job
+        if slot.timer is not None:
+            return  # an edit is scheduled; it will show this view
+        wait = slot.last + self._interval_for(job) - self._now()
+        if wait <= 0:
+            await self._show(job.id)
+            return
+        slot.timer = asyncio.create_task(self._later(job.id, wait), name=f"reelbot-card-{job.id}")
+
+    async def _later(self, job_id: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        slot = self._slots.get(job_id)
+        if slot is not None:
+            slot.timer = None
+        await self._show(job_id)
+
+    async def _show(self, job_id: str) -> None:
+        slot = self._slots.get(job_id)
+        if slot is None or slot.latest is None:
+            return
+        job, slot.latest = slot.latest, None
+        slot.last = self._now()
+        slot.shown = job.updated_at
+        try:
+            await self._edit(job)
+        except Exception:
+            log.exception("editing the card of job %s failed", job_id)
+        if job.state.is_final and slot.latest is None and slot.timer is None:
+            self._slots.pop(job_id, None)
+            self._ended[job_id] = job.updated_at
+            while len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
+
+    def pending(self, job_id: str) -> bool:
+        """Whether an edit of this job's card is waiting for its window."""
+        slot = self._slots.get(job_id)
+        return slot is not None and slot.timer is not None
+
+    async def flush(self) -> None:
+        """Shows every waiting view now (at shutdown: the last state is never lost)."""
+        for job_id, slot in list(self._slots.items()):
+            timer, slot.timer = slot.timer, None
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+            await self._show(job_id)

@@ -10,12 +10,14 @@ database is opened and its ledger checked against budget usage.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import httpx
 
+from bot.catalog import Catalog
 from bot.config import Settings
 from bot.providers.base import VideoProvider
 from bot.providers.factory import build_provider
@@ -124,7 +126,7 @@ async def _provider(provider: VideoProvider) -> tuple[Finding, set[str] | None]:
 async def diagnose(
     settings: Settings,
     *,
-    catalog: object | None = None,
+    catalog: Catalog | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     make_provider: Callable[[Settings, str], VideoProvider] = build_provider,
     extra: Callable[[], Awaitable[list[Finding]]] | None = None,
@@ -151,9 +153,9 @@ async def diagnose(
     return findings
 
 
-def _models(catalog: object, live_by_provider: dict[str, set[str] | None]) -> Finding:
+def _models(catalog: Catalog, live_by_provider: dict[str, set[str] | None]) -> Finding:
     """Which catalog models are offered through the providers that answered, and which are live."""
-    enabled = catalog.enabled(tuple(live_by_provider))  # type: ignore[attr-defined]
+    enabled = catalog.enabled(tuple(live_by_provider))
     if not enabled:
         return _fail("models", "no catalog model can be served by the providers that answered")
     names = []
@@ -164,4 +166,24 @@ def _models(catalog: object, live_by_provider: dict[str, set[str] | None]) -> Fi
             names.append(f"{model.name} (not listed by its provider)")
         else:
             names.append(model.name)
-    return _ok("models", f"{len(enabled)} offered, default {catalog.default}: {', '.join(names)}")  # type: ignore[attr-defined]
+    default = catalog.default_for(tuple(live_by_provider))
+    return _ok("models", f"{len(enabled)} offered, default {default.name if default else '-'}: {', '.join(names)}")
+
+
+async def store_findings(settings: Settings) -> list[Finding]:
+    """The data directory and its database: readable, a schema this reelbot knows, books that balance."""
+    from bot.store import Store, StoreError
+
+    if not settings.db_path.exists():
+        return [Finding("data", "--", f"no database yet in {settings.data_dir} (made at the first start)")]
+    try:
+        store = await Store.open(settings.db_path)
+    except (StoreError, OSError, sqlite3.Error) as exc:
+        return [_fail("data", f"{settings.db_path} cannot be used: {str(exc).splitlines()[0]}")]
+    try:
+        mismatches = await store.check_ledger()
+    finally:
+        await store.close()
+    if mismatches:
+        return [_fail("ledger", m.line()) for m in mismatches]
+    return [_ok("data", f"{settings.db_path}, schema {store.schema_version}; the ledger matches budget usage")]

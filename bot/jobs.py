@@ -7,11 +7,12 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
-    """Where a job is. Every transition is one row update in the store.
+    """Where a job is. Every change of state is one ``Store.transition`` call, checked against ``MOVES``.
 
     ``received`` is written before anything is spent or sent; ``submitting`` before the provider
     is called; the provider's video id is stored with ``rendering``. ``undelivered`` means the
-    clip exists but the platform refused it: it can be delivered again, never charged twice.
+    clip exists but the platform refused it: it can be delivered again, never charged twice, and
+    it expires (failed, released) after ``REELBOT_UNDELIVERED_TTL_S``.
     """
 
     RECEIVED = "received"
@@ -37,10 +38,57 @@ class JobState(StrEnum):
         return self in ACTIVE_STATES
 
 
-FINAL_STATES = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED, JobState.REFUSED})
-ACTIVE_STATES = frozenset({JobState.SUBMITTING, JobState.RENDERING, JobState.DOWNLOADING, JobState.DELIVERING})
+_S = JobState
+
+# --- the named sets: each written once, used everywhere -------------------------------------
+FINAL_STATES = frozenset({_S.DELIVERED, _S.FAILED, _S.CANCELLED, _S.REFUSED})
+# Submitted to a provider (or about to be) and not finished: counts against the in-flight caps.
+ACTIVE_STATES = frozenset({_S.SUBMITTING, _S.RENDERING, _S.DOWNLOADING, _S.DELIVERING})
+# Nobody is working on the job right now: a cancel (or a refusal) ends it at once, in the caller.
+WAITING_STATES = frozenset({_S.RECEIVED, _S.PENDING_CONSENT, _S.QUEUED, _S.UNDELIVERED})
+CANCEL_NOW_STATES = WAITING_STATES
+# A worker drives the job: a cancel is recorded (``cancel_requested``) and the worker ends it at
+# its next check, which comes before every step that spends or posts (and interrupts an upload).
+CANCEL_LATER_STATES = ACTIVE_STATES
 # States the worker drives forward after a restart.
-RESUMABLE_STATES = ACTIVE_STATES | {JobState.QUEUED}
+RESUMABLE_STATES = ACTIVE_STATES | {_S.QUEUED}
+# Not final: every one of these has a way out (tests walk the table to prove it).
+OPEN_STATES = frozenset(_S) - FINAL_STATES
+# The ends that give the money back; ``delivered`` is the only one that settles.
+RELEASING_STATES = frozenset({_S.FAILED, _S.CANCELLED, _S.REFUSED})
+SETTLING_STATES = frozenset({_S.DELIVERED})
+# Where admission moves a job: it reserves the cost (or refuses for budget) in the same transaction.
+ADMITTING_STATES = frozenset({_S.RECEIVED, _S.PENDING_CONSENT})
+# The steps a worker runs, each of which may crash; its attempts are counted per step.
+STEP_STATES = frozenset({_S.SUBMITTING, _S.RENDERING, _S.DOWNLOADING, _S.DELIVERING})
+
+_ENDS = RELEASING_STATES  # any unfinished job may fail, be cancelled or be refused
+
+# --- the transition table: state -> the states it may move to ------------------------------
+MOVES: dict[JobState, frozenset[JobState]] = {
+    _S.RECEIVED: frozenset({_S.PENDING_CONSENT, _S.QUEUED}) | _ENDS,
+    _S.PENDING_CONSENT: frozenset({_S.QUEUED}) | _ENDS,
+    _S.QUEUED: frozenset({_S.SUBMITTING}) | _ENDS,
+    _S.SUBMITTING: frozenset({_S.RENDERING}) | _ENDS,
+    _S.RENDERING: frozenset({_S.DOWNLOADING}) | _ENDS,
+    _S.DOWNLOADING: frozenset({_S.DELIVERING}) | _ENDS,
+    _S.DELIVERING: frozenset({_S.DELIVERED, _S.UNDELIVERED}) | _ENDS,
+    _S.UNDELIVERED: frozenset({_S.DELIVERING}) | _ENDS,
+    _S.DELIVERED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.REFUSED: frozenset(),
+}
+
+
+def can_move(source: JobState, target: JobState) -> bool:
+    """Whether the table allows ``source -> target``."""
+    return target in MOVES[source]
+
+
+def all_moves() -> frozenset[tuple[JobState, JobState]]:
+    """Every allowed ``(from, to)`` pair of the table."""
+    return frozenset((a, b) for a, targets in MOVES.items() for b in targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +197,17 @@ class Job:
     started_at: float | None = None
     # When reelbot learned the render's id: the render's age, which its poll schedule follows.
     render_started_at: float | None = None
+    # How often the step ``attempt_step`` was begun; a claim increments it (it survives restarts).
+    attempts: int = 0
+    attempt_step: str | None = None
+    # After a crash the step is tried again no earlier than this (unix time).
+    not_before: float | None = None
+    undelivered_at: float | None = None
+    # Renders ahead of this one in the provider's own queue while it waits there (0 = next); None otherwise.
+    provider_position: int | None = None
+    # A stop was asked for (``cancel_requested``): the state it must end in, and why.
+    stop_to: JobState | None = None
+    stop_reason: str | None = None
 
     @property
     def user_key(self) -> str:

@@ -5,7 +5,9 @@ callers run them in a thread with ``asyncio.to_thread``.
 
 * ``fit_reference`` turns an attached picture into a ``ReferenceImage`` of exactly the clip size,
   refusing anything that is not really a JPEG, PNG or WEBP, and refusing decompression bombs
-  before any pixel is decoded.
+  before any pixel is decoded. Pictures are decoded at about the size they are used (JPEG
+  ``draft``, else ``reduce`` straight after decoding) and at most ``MAX_CONCURRENT_DECODES`` at
+  once, so a small file of a huge picture cannot multiply into gigabytes.
 * ``probe_clip`` proves a finished clip is a whole, playable video of the size and length that
   was paid for, with sound, so a broken clip is never delivered.
 * ``shrink_to_fit`` re-encodes a clip under an upload limit (Discord's, for one).
@@ -21,12 +23,13 @@ import math
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
-from PIL import Image, ImageOps
+from PIL import Image
 
 from bot.providers.base import ReferenceImage
 
@@ -180,6 +183,59 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
+#: Decodes of big pictures at once, across every thread of the process: a 50 MP picture needs its
+#: full decoded size in memory (150-200 MB) for a moment, so a burst of them must queue, not stack.
+MAX_CONCURRENT_DECODES = 2
+_DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+#: How to turn a picture upright for each EXIF orientation (as ``ImageOps.exif_transpose`` does).
+_ORIENTATION_FIX: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Shrink the decoded picture by a whole factor first while it stays at least this many times the clip
+#: size: the final LANCZOS resize then has enough detail, and no other full-size copy is ever made.
+_REDUCE_MARGIN = 1
+
+
+def _decode_fitted(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Decodes ``img`` at about the size it will be used and fits it to ``width`` x ``height``.
+
+    Memory is the point: a small file can hold a huge picture (a 143 KB PNG of 7000x7000 is 147 MB
+    of RGB pixels). JPEG is decoded at 1/2, 1/4 or 1/8 scale (``draft``); other formats are decoded
+    once and immediately shrunk by a whole factor (``reduce``, or nearest-neighbour for palettes),
+    before the EXIF turn, the RGB conversion and the cover crop, each of which would otherwise copy
+    the full-size picture.
+    """
+    src_w, src_h = img.size
+    sideways = _exif_orientation(img) in (5, 6, 7, 8)
+    # The clip's frame in the picture's own (not yet turned) orientation.
+    want_w, want_h = (height, width) if sideways else (width, height)
+    scale = max(want_w / src_w, want_h / src_h)
+    if img.format in ("JPEG", "MPO"):
+        # Let the JPEG decoder skip detail we would throw away anyway (1/2, 1/4, 1/8 scale).
+        img.draft("RGB", (math.ceil(src_w * scale), math.ceil(src_h * scale)))
+    img.load()
+    factor = int(min(img.size[0] / (src_w * scale), img.size[1] / (src_h * scale)) / _REDUCE_MARGIN)
+    small: Image.Image = img
+    if factor >= 2:
+        reduced = (max(1, img.size[0] // factor), max(1, img.size[1] // factor))
+        if img.mode in ("1", "P"):
+            small = img.resize(reduced, Image.Resampling.NEAREST)  # palette indices cannot be averaged
+        else:
+            try:
+                small = img.reduce(factor)
+            except ValueError:  # a mode ``reduce`` does not take (some 16-bit greys): resize as before
+                small = img
+    method = _ORIENTATION_FIX.get(_exif_orientation(img))
+    upright = small.transpose(method) if method is not None else small
+    return _cover(_to_rgb(upright), width, height)
+
+
 def fit_reference(
     data: bytes,
     *,
@@ -232,16 +288,8 @@ def fit_reference(
         if src_w <= 0 or src_h <= 0 or src_w * src_h > MAX_IMAGE_PIXELS:
             raise _too_many_pixels(shown)
         try:
-            # Let the JPEG decoder skip detail we would throw away anyway (1/2, 1/4, 1/8 scale).
-            if img.format in ("JPEG", "MPO"):
-                sideways = _exif_orientation(img) in (5, 6, 7, 8)
-                scale = max(width / (src_h if sideways else src_w), height / (src_w if sideways else src_h))
-                want = (math.ceil(src_w * scale), math.ceil(src_h * scale))
-                img.draft("RGB", want)
-            img.load()
-            upright = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(upright)
-            fitted = _cover(rgb, width, height)
+            with _DECODES:
+                fitted = _decode_fitted(img, width, height)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _too_many_pixels(shown) from exc
         except MemoryError as exc:
@@ -372,25 +420,43 @@ def inspect_clip(path: Path) -> ClipInfo:
     )
 
 
-def probe_clip(path: Path, *, seconds: int, size: str, tolerance: float = 0.5) -> ClipInfo:
-    """Proves a finished clip is what was asked for, or raises.
+def probe_clip(
+    path: Path,
+    *,
+    seconds: int,
+    size: str,
+    tolerance: float = 0.5,
+    sound: bool = True,
+    exact_size: bool = True,
+    aspect_tolerance: float = 0.03,
+) -> ClipInfo:
+    """Proves a finished clip is what the model promised, or raises.
+
+    The arguments for a job come from ``Catalog.promise_for(job)`` (``probe_clip(path, **asdict(promise))``).
 
     Args:
         path: the downloaded MP4.
         seconds: the length that was asked (and paid) for.
         size: the ``"WxH"`` that was asked for.
         tolerance: how far, in seconds, the length may be off.
+        sound: the model promised a sound track (a silent model's clip without one is fine; a clip that
+            should have sound and has none is not).
+        exact_size: the provider renders exactly ``size`` (the local renderer, /v1/videos); otherwise the
+            aggregators' models pick their own frame for an aspect, so only the aspect ratio is checked.
+        aspect_tolerance: how far the width/height ratio may be off, relative to the asked one.
 
     Raises:
-        MediaError: unreadable, wrong size, wrong length, or without sound.
+        MediaError: unreadable, wrong size or aspect, wrong length, or without the promised sound.
     """
     width, height = parse_size(size)
     info = inspect_clip(path)
-    if (info.width, info.height) != (width, height):
+    if exact_size and (info.width, info.height) != (width, height):
         raise MediaError(f"The clip is {info.width}x{info.height}, not the {size} that was asked for.")
+    if not exact_size and abs(info.width * height / (info.height * width) - 1) > aspect_tolerance:
+        raise MediaError(f"The clip is {info.width}x{info.height}, not the shape of the {size} that was asked for.")
     if abs(info.duration - seconds) > tolerance:
         raise MediaError(f"The clip is {info.duration:.1f} seconds long, not {seconds}.")
-    if not info.has_audio:
+    if sound and not info.has_audio:
         raise MediaError("The clip has no sound track.")
     return info
 

@@ -1,7 +1,7 @@
-"""Money in integer micro-USD, and the price list.
+"""Money in integer micro-USD.
 
-Floats never hold money here: a micro-dollar is the smallest unit we count, prices are
-exact integers per second of video, and formatting goes through ``Decimal``.
+Floats never hold money here: a micro-dollar is the smallest unit we count, prices are exact integers per
+second of video (from the model catalog, ``bot.catalog``), and formatting goes through ``Decimal``.
 """
 
 from __future__ import annotations
@@ -10,41 +10,16 @@ from decimal import ROUND_HALF_UP, Decimal
 
 MICROS_PER_USD = 1_000_000
 
-# Price per generated second, in micro-USD, by (model, size). A pair that is not here has no
-# known price, and a job for it is refused rather than treated as free.
-PRICE_PER_SECOND_MICROS: dict[tuple[str, str], int] = {
-    ("sora-2", "720x1280"): 100_000,
-    ("sora-2", "1280x720"): 100_000,
-    ("sora-2-pro", "720x1280"): 300_000,
-    ("sora-2-pro", "1280x720"): 300_000,
-    ("sora-2-pro", "1024x1792"): 500_000,
-    ("sora-2-pro", "1792x1024"): 500_000,
-    # 1080p was added in 2026-03; its price comes from a single transcription of the pricing
-    # page, so these sizes are only offered when REELBOT_ALLOW_1080P is set.
-    ("sora-2-pro", "1080x1920"): 700_000,
-    ("sora-2-pro", "1920x1080"): 700_000,
-}
-
 
 class UnknownPriceError(LookupError):
-    """Raised when a model and size have no price: such a clip is refused, never free."""
+    """Raised when a model has no price for what was asked: such a clip is refused, never free."""
 
 
-def price_per_second(model: str, size: str) -> int:
-    """Micro-USD per second for ``model`` at ``size``.
-
-    Raises:
-        UnknownPriceError: when the pair is not on the price list.
-    """
-    try:
-        return PRICE_PER_SECOND_MICROS[(model, size)]
-    except KeyError:
-        raise UnknownPriceError(f"No price is known for {model} at {size}.") from None
-
-
-def clip_cost(model: str, size: str, seconds: int) -> int:
-    """Exact cost of one clip in micro-USD: seconds x price(model, size)."""
-    return seconds * price_per_second(model, size)
+def clip_cost(per_second_micros: int, seconds: int) -> int:
+    """Exact cost of one clip in micro-USD: seconds x the price per second."""
+    if isinstance(per_second_micros, bool) or not isinstance(per_second_micros, int):
+        raise TypeError("prices are whole micro-USD")
+    return seconds * per_second_micros
 
 
 def usd_to_micros(value: Decimal | int | str) -> int:

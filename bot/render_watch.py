@@ -250,6 +250,7 @@ class RenderWatcher:
             delay *= self._rng.uniform(0.9, 1.1)  # renders started together drift apart
         delay = max(delay, watched.min_interval)
         watched.due = asyncio.get_running_loop().time() + delay
-        if previous is None or (previous.status, previous.progress) != (video.status, video.progress):
+        seen = (video.status, video.progress, video.queue_position)
+        if previous is None or (previous.status, previous.progress, previous.queue_position) != seen:
             watched.outcome = video
             watched.changed.set()

@@ -4,35 +4,129 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.commands import USAGE, CommandRules
+from bot.catalog import ASPECT_WORDS, Catalog, ModelInfo, or_list, seconds_words
+from bot.commands import USAGE
 from bot.delivery import CardView
 from bot.jobs import Job, JobState
 from bot.money import format_usd
 from bot.periods import period_noun
+from bot.providers.base import ProviderError, Route
 from bot.store import Usage
 
 AI_LABEL = "AI-generated video"
 
 
-def help_text(rules: CommandRules) -> str:
-    seconds = ", ".join(map(str, rules.seconds))
-    pro_sizes = ", ".join(rules.sizes("sora-2-pro"))
+PROVIDER_NAMES = {"local": "local preview", "fal": "fal.ai", "openrouter": "OpenRouter", "openai": "/v1/videos"}
+
+
+def provider_name(provider: str) -> str:
+    return PROVIDER_NAMES.get(provider, provider or "?")
+
+
+def _sound_words(model: ModelInfo, *, short: bool = False) -> str:
+    if short:
+        return {"always": "with sound", "never": "silent", "optional": "sound optional"}[model.audio]
+    return {
+        "always": "always (no --silent)",
+        "never": "never: silent clips (no --audio)",
+        "optional": "with sound unless you add --silent (cheaper)",
+    }[model.audio]
+
+
+def _from_price(model: ModelInfo) -> str:
+    cheapest = model.cheapest_per_second()
+    return f"from {format_usd(cheapest)}/s" if cheapest is not None else "no price"
+
+
+def help_text(catalog: Catalog, provider_names: tuple[str, ...]) -> str:
+    enabled = catalog.enabled(provider_names)
+    default = catalog.default_for(provider_names)
+    names = ", ".join(m.name for m in enabled) or "none"
     return "\n".join(
         [
             "*reelbot* makes short AI video clips.",
             f"`{USAGE}`",
-            f"• seconds: {seconds} (default 4) · model: sora-2 (default) or sora-2-pro (`--pro`)",
-            f"• sizes: sora-2 720x1280, 1280x720 (default); sora-2-pro also {pro_sizes.split(', ', 2)[-1]}",
+            f"• models: {names}; default {default.name if default else 'none'} · `/video models` compares them, "
+            "`/video help MODEL` shows one",
+            "• each model takes its own lengths, aspects and resolutions; the price follows the model, "
+            "resolution, length and sound",
             "• attach an image to start the clip from it; quote text to keep flags in the prompt",
-            "• prices per second: sora-2 $0.10 · sora-2-pro $0.30 (720p) / $0.50 (1024x1792, 1792x1024)",
             "• `/video budget` · `/video jobs` · `/video cancel JOB` · `/video retry JOB`",
             "• cameos: `/video cameo register|status|audience|allow|revoke|history` (see the README)",
         ]
     )
 
 
+def model_line(model: ModelInfo, *, default: bool = False) -> str:
+    """One model in ``/video models``: what it takes and what it costs."""
+    extras = [word for flag, word in ((model.first_frame, "image start"), (model.subject_reference, "cameos")) if flag]
+    parts = [
+        f"• `{model.name}`{' (default)' if default else ''} {model.label}",
+        seconds_words(model.durations).replace(" seconds", " s"),
+        ", ".join(model.aspects),
+        ", ".join(model.resolutions),
+        _sound_words(model, short=True),
+        *extras,
+        _from_price(model),
+    ]
+    return parts[0] + ": " + " · ".join(parts[1:])
+
+
+def models_text(catalog: Catalog, provider_names: tuple[str, ...]) -> str:
+    enabled = catalog.enabled(provider_names)
+    if not enabled:
+        return "No video model is available: none of the configured providers serves one."
+    default = catalog.default_for(provider_names)
+    lines = ["Models here (`--model NAME`; `/video help NAME` for details):"]
+    lines += [model_line(m, default=m is default) for m in enabled]
+    if catalog.local_stands_in(provider_names):
+        lines.append(
+            "No video service is configured: the local renderer makes a preview for every model, priced like it."
+        )
+    return "\n".join(lines)
+
+
+def model_help_text(model: ModelInfo, routes: tuple[Route, ...], *, local_stands_in: bool) -> str:
+    """``/video help MODEL``: everything the model takes, its prices, and who serves it here."""
+    served = ", ".join(f"{provider_name(r.provider)} ({r.model_id})" for r in routes) or "no configured provider"
+    if local_stands_in:
+        served = "the local renderer (a preview; no video service is configured)"
+    aspects = ", ".join(f"{a} (--{ASPECT_WORDS.get(a, a)})" for a in model.aspects)
+    limits = "".join(f"; {r} only at {seconds_words(d)}" for r, d in model.seconds_at.items())
+    can = [
+        ("start from an attached image", model.first_frame),
+        ("cameos (--cameo @name)", model.subject_reference),
+        ("--seed", model.seed),
+        ("--negative", model.negative_prompt),
+    ]
+    takes = ", ".join(word for word, ok in can if ok) or "nothing else"
+    cannot = ", ".join(word for word, ok in can if not ok)
+    lines = [
+        f"*{model.name}*: {model.label}",
+        f"• length: {seconds_words(model.durations)} (--seconds N, default {model.default_seconds}){limits}",
+        f"• aspect: {aspects}; resolution: {or_list(model.resolutions)} (--resolution, default "
+        f"{model.default_resolution})",
+        f"• sound: {_sound_words(model)}",
+        f"• also takes: {takes}" + (f"; not: {cannot}" if cannot else ""),
+        f"• price per second: {model.price_words()}",
+        f"• served by: {served}",
+        f"• e.g. `/video a paper boat in the rain --model {model.name} --seconds {model.default_seconds}`",
+    ]
+    if model.note:
+        lines.append(f"• source: {model.note}" + ("" if model.verified else " (not all verified)"))
+    return "\n".join(lines)
+
+
 def settings_line(job: Job) -> str:
-    return f"{job.options.model} · {job.options.size} · {job.options.seconds} s"
+    """``veo-3.1-lite · 1280x720 · 4 s · with sound``: what the clip is (sound named only where it was a choice)."""
+    options = job.options
+    sound = "" if options.audio is None else (" · with sound" if options.audio else " · silent")
+    return f"{options.model} · {options.size} · {options.seconds} s{sound}"
+
+
+def made_line(job: Job) -> str:
+    """The settings plus which provider makes (or made) the clip, for the card and the caption."""
+    return f"{settings_line(job)} · via {provider_name(job.provider)}"
 
 
 def short_prompt(prompt: str, limit: int = 80) -> str:
@@ -51,6 +145,8 @@ def status_text(job: Job, queue_position: int | None = None) -> str:
         case JobState.SUBMITTING:
             return "Starting the render"
         case JobState.RENDERING:
+            if job.provider_position is not None:  # 0 = next at the provider; shown 1-based like reelbot's queue
+                return f"Queued at {provider_name(job.provider)} (position {job.provider_position + 1})"
             return f"Rendering {job.progress}%"
         case JobState.DOWNLOADING:
             return "Downloading the clip"
@@ -83,7 +179,7 @@ def card_view(job: Job, queue_position: int | None = None) -> CardView:
         job_id=job.id,
         title=f"🎬 Video job {job.id}",
         prompt=short_prompt(job.prompt, 300),
-        settings=settings_line(job),
+        settings=made_line(job),
         cost=format_usd(job.cost_micros),
         requester=job.user_name,
         status=status_text(job, queue_position),
@@ -96,7 +192,7 @@ def card_view(job: Job, queue_position: int | None = None) -> CardView:
 
 def caption(job: Job) -> str:
     return (
-        f"🎬 For {job.user_name}: “{short_prompt(job.prompt, 200)}” · {settings_line(job)} · "
+        f"🎬 For {job.user_name}: “{short_prompt(job.prompt, 200)}” · {made_line(job)} · "
         f"{format_usd(job.cost_micros)} · {AI_LABEL} · job {job.id}"
     )
 
@@ -140,3 +236,11 @@ def jobs_text(jobs: list[Job]) -> str:
             f"“{short_prompt(job.prompt, 50)}”"
         )
     return "\n".join(lines)
+
+
+def failover_text(job: Job, previous: str, error: ProviderError) -> str:
+    """Said in the thread when a job moves to its model's next provider (the price stays the model's)."""
+    return (
+        f"{provider_name(previous)} could not take job {job.id} ({error.user_message.rstrip('.')}), so "
+        f"{job.options.model} is being made through {provider_name(job.provider)} instead, at the same price."
+    )

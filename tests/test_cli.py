@@ -16,7 +16,18 @@ from tests.helpers_processes import Db, ReelbotProcess, reelbot_env, run_reelbot
 
 pytestmark = pytest.mark.timeout(90)
 
-JSON_FIELDS = {"ok", "job_id", "state", "cost_usd", "clip_path", "error", "budget_remaining_usd", "reply"}
+JSON_FIELDS = {
+    "ok",
+    "job_id",
+    "state",
+    "model",
+    "provider",
+    "cost_usd",
+    "clip_path",
+    "error",
+    "budget_remaining_usd",
+    "reply",
+}
 
 
 def test_demo_renders_a_real_clip_and_says_where_it_is(tmp_path: Path) -> None:
@@ -55,8 +66,8 @@ def test_console_json_when_delivered(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "line"),
     [
-        ("/video a cat --seconds 5", "reelbot: --seconds takes 4, 8 or 12 (got 5)."),
-        ("/video a cat --pro --portrait --landscape", "reelbot: --portrait and --landscape contradict each other"),
+        ("/video a cat --seconds 5", "reelbot: sora-2 takes 4, 8 or 12 seconds (got 5)."),
+        ("/video a cat --pro --portrait --landscape", "reelbot: --landscape and --portrait contradict each other"),
         ("/video", "reelbot: Tell me what to film"),
     ],
 )
@@ -84,7 +95,7 @@ def test_console_budget_refusal_exits_1_and_charges_nothing(tmp_path: Path) -> N
     [
         ("REELBOT_BUDGET_PERIOD", "year", "REELBOT_BUDGET_PERIOD: must be 'day', 'week' or 'month' (got 'year')"),
         ("REELBOT_MAX_JOBS_IN_FLIGHT", "0", "REELBOT_MAX_JOBS_IN_FLIGHT: must be greater than or equal to 1"),
-        ("REELBOT_ALLOW_LONG_CLIPS", "perhaps", "REELBOT_ALLOW_LONG_CLIPS: must be true or false"),
+        ("REELBOT_ALLOW_LONG_CLIPS", "true", "REELBOT_ALLOW_LONG_CLIPS is no longer used"),
         ("REELBOT_USER_BUDGET_USD", "ten", "REELBOT_USER_BUDGET_USD: must be a number"),
         ("OPENAI_BASE_URL", "ftp://example.com", "OPENAI_BASE_URL"),
         ("REELBOT_PROVIDER", "openai", "REELBOT_PROVIDER=openai needs OPENAI_API_KEY"),
@@ -159,7 +170,7 @@ def test_timeout_gives_up_waiting_with_one_line(tmp_path: Path) -> None:
     env = reelbot_env(tmp_path / "data")
     started = time.monotonic()
     done = run_reelbot(
-        ["console", "--as", "alice", "--json", "--timeout", "0.5", "/video a cat --pro --seconds 12 --size 1792x1024"],
+        ["console", "--as", "alice", "--json", "--timeout", "0.5", "/video a cat --pro --seconds 12"],
         env,
         tmp_path,
     )

@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 
 import pytest
+import skimage
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.core import Reply
 from bot.providers.local import LocalRenderer
 from tests.fakes.discord_api import ADMIN_PERMISSIONS, DiscordHarness, FakeDiscord
 from tests.media_factory import RED, image_bytes, stream_facts
@@ -57,6 +57,10 @@ async def discord_bot(fake, make_settings):
     fake.assert_interactions_answered_in_time()
 
 
+# A face (a cameo must show one): scikit-image's public-domain astronaut, nothing downloaded.
+FACE = (Path(skimage.__file__).parent / "data" / "astronaut.png").read_bytes()
+
+
 def png(color=RED) -> bytes:
     return image_bytes("PNG", 640, 360, color=color)
 
@@ -86,15 +90,23 @@ async def test_connects_syncs_commands_with_valid_choices_and_restores_endpoints
     (video,) = commands
     assert video["name"] == "video"
     subs = {o["name"]: o for o in video["options"]}
-    assert set(subs) == {"create", "budget", "jobs", "cancel", "retry", "help", "admin", "cameo"}
+    assert set(subs) == {"create", "models", "budget", "jobs", "cancel", "retry", "help", "admin", "cameo"}
     assert {o["name"] for o in subs["admin"]["options"]} == {"budget", "usage"}
     create = {o["name"]: o for o in subs["create"]["options"]}
     assert create["prompt"]["required"] and create["prompt"]["type"] == 3
     assert create["image"]["type"] == 11 and not create["image"].get("required")
     assert create["cameo"]["type"] == 6
-    assert [c["value"] for c in create["seconds"]["choices"]] == [4, 8, 12]
-    assert [c["value"] for c in create["model"]["choices"]] == ["sora-2", "sora-2-pro"]
-    assert [c["value"] for c in create["size"]["choices"]] == ["720x1280", "1280x720", "1024x1792", "1792x1024"]
+    # The choices come from the catalog: with only the local renderer it stands in for every model.
+    catalog = harness.adapter.bot.catalog
+    assert [c["value"] for c in create["model"]["choices"]] == list(catalog.names)
+    assert "sora-2 (default) · from $0.10/s" in [c["name"] for c in create["model"]["choices"]]
+    assert [c["value"] for c in create["seconds"]["choices"]] == list(range(4, 16))
+    assert [c["value"] for c in create["aspect"]["choices"]] == ["16:9", "9:16", "1:1"]
+    assert "1920x1080" in [c["value"] for c in create["size"]["choices"]]
+    assert [c["value"] for c in create["resolution"]["choices"]] == ["480p", "720p", "1080p"]
+    assert [c["value"] for c in create["sound"]["choices"]] == ["on", "off"]
+    assert create["seed"]["type"] == 4 and create["negative"]["type"] == 3
+    assert [c["value"] for c in subs["help"]["options"][0]["choices"]] == list(catalog.names)
     assert subs["cancel"]["options"][0]["autocomplete"] is True
 
     await harness.stop()
@@ -102,15 +114,20 @@ async def test_connects_syncs_commands_with_valid_choices_and_restores_endpoints
     assert str(DiscordWebSocket.DEFAULT_GATEWAY) == "wss://gateway.discord.gg/"
 
 
-async def test_guild_sync_and_configured_choices(fake, discord_bot):
-    await discord_bot(
-        worker=False, DISCORD_GUILD_ID=str(fake.guild_id), REELBOT_ALLOW_LONG_CLIPS="true", REELBOT_ALLOW_1080P="true"
+async def test_guild_sync_and_configured_choices(fake, discord_bot, tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text(
+        'remove = ["veo-3.1-lite", "veo-3.1-fast", "veo-3.1", "kling-3", "seedance-2-mini", "ltx-2-fast", "wan-2.6"]\n'
+        '[models."sora-2-pro"]\nresolutions = ["720p", "1080p"]\ndurations = [4, 8, 12, 16, 20]\n'
+        'prices = { "720p" = { sound = 300_000 }, "1080p" = { sound = 700_000 } }\n'
     )
+    await discord_bot(worker=False, DISCORD_GUILD_ID=str(fake.guild_id), REELBOT_MODELS_FILE=str(models))
     scope, commands = fake.syncs[-1]
     assert scope == f"guild:{fake.guild_id}"
     create = {o["name"]: o for o in next(o for o in commands[0]["options"] if o["name"] == "create")["options"]}
+    assert [c["value"] for c in create["model"]["choices"]] == ["sora-2", "sora-2-pro"]
     assert [c["value"] for c in create["seconds"]["choices"]] == [4, 8, 12, 16, 20]
-    assert "1920x1080" in [c["value"] for c in create["size"]["choices"]]
+    assert [c["value"] for c in create["resolution"]["choices"]] == ["720p", "1080p"]
     rec = await fake.slash("video budget", guild_command=True)
     assert (await rec.reply()).startswith("Budget this month")
 
@@ -202,7 +219,7 @@ async def test_bad_input_gets_a_clear_message_and_nothing_is_fetched_or_charged(
     harness = await discord_bot(worker=False)
     attach = fake.attachment
     cases = [
-        ({"prompt": "a cat --seconds 7", "image": attach(png())}, "--seconds takes 4, 8 or 12 (got 7)."),
+        ({"prompt": "a cat --seconds 7", "image": attach(png())}, "sora-2 takes 4, 8 or 12 seconds (got 7)."),
         ({"prompt": "a cat --wings", "image": attach(png())}, "Unknown option --wings."),
         (
             {
@@ -358,12 +375,15 @@ async def test_a_clip_that_cannot_fit_is_explained_in_the_thread(fake, discord_b
     await rec.reply()
     job = await harness.wait_state((await harness.job_for(rec)).id, "undelivered", within=20)
     assert fake.files_in(job.card_ref) == []
-    notices = [m["content"] for m in fake.channel_messages(job.card_ref)]
-    assert any(
-        n.startswith(f"<@{fake.alice.id}> Your clip for job {job.id} is ready but I could not post it: The clip is")
-        and "upload limit" in n
-        for n in notices
-    ), notices
+    told = f"<@{fake.alice.id}> Your clip for job {job.id} is ready but I could not post it: The clip is"
+    notice = await fake.wait_for(  # the requester is told right after the job is marked undelivered
+        lambda: next(
+            (m["content"] for m in fake.channel_messages(job.card_ref) if m["content"].startswith(told)), None
+        ),
+        within=5,
+        what="the requester told in the thread",
+    )
+    assert "upload limit" in notice and f"/video retry {job.id}" in notice, notice
     await fake.wait_for(lambda: buttons(card_of(fake, job)) == [f"reelbot:retry:{job.id}"], within=8)
 
 
@@ -482,40 +502,53 @@ async def test_a_crash_after_the_upload_does_not_post_the_clip_twice(fake, disco
 # --- direct messages, throttling, logs ------------------------------------------------------------
 
 
-async def test_direct_message_buttons_reach_the_consent_flow_even_after_a_restart(fake, discord_bot):
-    harness = await discord_bot(worker=False)
-    ref = await harness.adapter.delivery.direct_message(
-        str(fake.guild_id),
-        str(fake.bob.id),
-        "Alice wants to use your cameo.",
-        (("cameo_approve:ab12cd34", "Approve once"), ("cameo_deny:ab12cd34", "Deny")),
-    )
-    dm = fake.dms[fake.bob.id]
-    assert ref.startswith(f"{dm}:")
-    message = fake.message(dm, ref.split(":")[1])
-    approve = f"reelbot:cameo:{fake.guild_id}:cameo_approve:ab12cd34"
-    assert buttons(message) == [approve, f"reelbot:cameo:{fake.guild_id}:cameo_deny:ab12cd34"]
+async def test_a_cameo_is_approved_by_its_owners_direct_message_button_even_after_a_restart(fake, discord_bot):
+    """Bob registers his cameo, an admin verifies it, Alice asks to use it, Bob approves from his DM: a real clip."""
+    from bot.jobs import JobState
 
-    await harness.restart(worker=False)
-    pressed = []
+    harness = await discord_bot(REELBOT_ADMIN_IDS=str(fake.alice.id))
+    rec = await fake.slash("video cameo register", {"file": fake.attachment(FACE)}, user=fake.bob)
+    await rec.reply()
+    (answer,) = rec.followups
+    confirm = f"reelbot:cameo:{fake.guild_id}:cameo_confirm"
+    fake.messages[fake.channel_id].append(answer)  # the ephemeral message, as the clicking client sees it
+    press = await fake.click(fake.channel_id, answer["id"], confirm, user=fake.bob)
+    assert "a workspace admin must verify" in await press.reply()
 
-    async def press(requester, action_id):
-        pressed.append((requester, action_id))
-        return Reply("Approved: the clip is on its way.")
+    def with_button(user, part):
+        return lambda: next(
+            (m for m in fake.channel_messages(fake.dms.get(user.id, 0)) if any(part in b for b in buttons(m))), None
+        )
 
-    harness.app.bot.cameos.press = press
-    rec = await fake.click(dm, message["id"], approve, user=fake.bob)
-    assert await rec.reply() == "Approved: the clip is on its way."
-    ((requester, action_id),) = pressed
-    assert (requester.workspace_id, requester.user_id, action_id) == (
-        str(fake.guild_id),
-        str(fake.bob.id),
-        "cameo_approve:ab12cd34",
-    )
+    verify_dm = await fake.wait_for(with_button(fake.alice, ":cameo_verify:"), what="the admin's verify button")
+    verify = f"reelbot:cameo:{fake.guild_id}:cameo_verify:{fake.bob.id}"
+    assert buttons(verify_dm) == [verify]
+    rec = await fake.click(fake.dms[fake.alice.id], verify_dm["id"], verify, user=fake.alice)
+    assert (await rec.reply()).startswith(f"Verified: <@{fake.bob.id}>'s cameo")
+    rec = await fake.slash("video cameo audience", {"who": "approved"}, user=fake.bob)
+    assert "people you approve" in await rec.reply()
+
+    rec = await fake.slash("video create", {"prompt": "us dancing --model veo-3.1", "cameo": fake.bob})
+    assert "waits for" in await rec.reply()
+    job = await harness.job_for(rec)
+    assert job.state is JobState.PENDING_CONSENT
+    assert await harness.app.store.ledger_for(job.id) == []
+    request_dm = await fake.wait_for(with_button(fake.bob, ":cameo_approve:"), what="the consent request")
+    approve, always, deny = buttons(request_dm)
+    assert (":cameo_approve:" in approve, ":cameo_always:" in always, ":cameo_deny:" in deny) == (True, True, True)
+
+    await harness.restart()  # the buttons are persistent: they work in the next process
+    rec = await fake.click(fake.dms[fake.bob.id], request_dm["id"], approve, user=fake.bob)
+    assert (await rec.reply()) == f"Approved job {job.id}."
+    job = await harness.wait_state(job.id, "delivered", within=30)
+    assert [kind for kind, _ in await harness.app.store.ledger_for(job.id)] == ["reserve", "settle"]
+    assert job.options.cameo == f"discord:{fake.guild_id}:{fake.bob.id}"
+    rec = await fake.click(fake.dms[fake.bob.id], request_dm["id"], approve, user=fake.bob)
+    assert "was already approved" in await rec.reply()
 
     harness.app.bot.cameos = None
-    rec = await fake.click(dm, message["id"], approve, user=fake.bob)
-    assert await rec.reply() == "Cameos are not available on this bot."
+    rec = await fake.click(fake.dms[fake.bob.id], request_dm["id"], approve, user=fake.bob)
+    assert (await rec.reply()) in ("Cameos are not available on this bot.", "Cameos are not enabled on this bot.")
 
 
 async def test_cameo_commands_register_and_confirm_through_buttons(fake, discord_bot):
@@ -524,7 +557,7 @@ async def test_cameo_commands_register_and_confirm_through_buttons(fake, discord
     names = [o["name"] for o in fake.syncs[-1][1][0]["options"]]
     assert "cameo" in names
 
-    rec = await fake.slash("video cameo register", {"file": fake.attachment(png())})
+    rec = await fake.slash("video cameo register", {"file": fake.attachment(FACE)})
     await rec.reply()
     (answer,) = rec.followups
     assert answer["flags"] & 64
@@ -573,7 +606,8 @@ async def test_no_token_appears_in_any_log_line(fake, discord_bot, caplog):
     await rec.reply()
     job = await harness.wait_state((await harness.job_for(rec)).id, "delivered", within=15)
     late = await fake.slash("video cancel", {"job": job.id})
-    assert await late.reply() == f"Job {job.id} is already delivered."
+    assert await late.reply() == f"Job {job.id} was already posted, so it was charged $0.40."
+    assert [kind for kind, _ in await harness.app.store.ledger_for(job.id)] == ["reserve", "settle"]
     await harness.stop()
     logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
     assert "webhooks" in logged  # discord.py's debug lines about webhook URLs were there...

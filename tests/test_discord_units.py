@@ -40,10 +40,16 @@ def test_discord_py_is_in_the_range_the_fake_was_built_against():
     ("prompt", "options", "expected"),
     [
         ("a cat --pro", {"seconds": 8, "size": "720x1280"}, VideoCommand("a cat", "sora-2-pro", "720x1280", 8)),
-        ("a cat", {"model": "sora-2-pro", "size": "1792x1024"}, VideoCommand("a cat", "sora-2-pro", "1792x1024", 4)),
-        ("jobs that never end", {}, VideoCommand("jobs that never end", "sora-2", "1280x720", 4)),
-        ("Help me fly --portrait", {}, VideoCommand("Help me fly", "sora-2", "720x1280", 4)),
-        ('"--pro" is a word', {}, VideoCommand("--pro is a word", "sora-2", "1280x720", 4)),
+        ("a cat", {"model": "veo-3.1", "aspect": "9:16"}, VideoCommand("a cat", "veo-3.1", aspect="9:16")),
+        ("jobs that never end", {}, VideoCommand("jobs that never end")),
+        ("Help me fly --portrait", {}, VideoCommand("Help me fly", aspect="9:16")),
+        ('"--pro" is a word', {}, VideoCommand("--pro is a word")),
+        (
+            "a cat",
+            {"resolution": "1080p", "audio": False, "seed": 7, "negative": 'no "text"'},
+            VideoCommand("a cat", resolution="1080p", audio=False, seed=7, negative="no 'text'"),
+        ),
+        ("a cat", {"audio": True}, VideoCommand("a cat", audio=True)),
     ],
 )
 def test_options_become_the_shared_command_text(prompt, options, expected):

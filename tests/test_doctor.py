@@ -105,3 +105,24 @@ async def test_fal_key_is_checked_for_free(clean_env):
     assert good["fal"].line() == "ok   fal: key accepted"
     assert bad["fal"].failed
     assert submitted == [], "the doctor must not start a render"
+
+
+def test_reelbot_doctor_prints_one_line_each_and_exits_non_zero_on_trouble(tmp_path):
+    from tests.helpers_processes import reelbot_env, run_reelbot
+
+    fresh = run_reelbot(["doctor"], reelbot_env(tmp_path / "data"), tmp_path, timeout=60)
+    lines = fresh.stdout.splitlines()
+    assert fresh.returncode == 0, fresh
+    assert lines[:3] == [
+        "--   slack: not configured",
+        "--   discord: not configured",
+        "ok   local: the embedded renderer (no key; stands in for every catalog model)",
+    ]
+    assert lines[3].startswith("ok   models: ") and "veo-3.1-lite" in lines[3]
+    assert lines[4].startswith("--   data: no database yet")
+    assert fresh.stderr == ""
+
+    env = reelbot_env(tmp_path / "data", OPENAI_API_KEY="sk-x", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    broken = run_reelbot(["doctor"], env, tmp_path, timeout=60)
+    assert broken.returncode == 1, broken
+    assert any(line.startswith("FAIL openai: ") for line in broken.stdout.splitlines())

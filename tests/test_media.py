@@ -344,3 +344,103 @@ def test_shrink_refuses_a_non_video(tmp_path: Path) -> None:
     src.write_bytes(b"nope" * 1000)
     with pytest.raises(MediaError):
         shrink_to_fit(src, tmp_path / "y.mp4", max_bytes=100)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _solid_rgb_png(width: int, height: int, colour: bytes = b"\x1e\x3c\xdc") -> bytes:
+    """A valid 8-bit RGB PNG of one colour, built row by row (tiny file, ``width*height*3`` bytes decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" + colour * width
+    comp = zlib.compressobj(9)
+    parts = [comp.compress(row * 64) for _ in range(height // 64)]
+    parts.append(comp.compress(row * (height % 64)))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+# The child's own high-water mark (VmHWM): ``ru_maxrss`` would carry the parent's over ``execve``.
+_PEAK_SCRIPT = """
+import re, sys, threading
+from pathlib import Path
+from bot.media import fit_reference
+def high_water_kb():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+data = Path(sys.argv[1]).read_bytes()
+count = int(sys.argv[2])
+before = high_water_kb()
+def fit():
+    fit_reference(data, declared_type="image/png", filename="big.png", size="1280x720")
+threads = [threading.Thread(target=fit) for _ in range(count)]
+for t in threads: t.start()
+for t in threads: t.join()
+print((high_water_kb() - before) // 1024)
+"""
+
+
+def _peak_megabytes(path: Path, count: int) -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path), str(count)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+@pytest.mark.timeout(240)
+def test_a_small_file_of_a_huge_picture_is_decoded_at_the_size_it_is_used(tmp_path: Path) -> None:
+    """A ~150 KB PNG of 7000x7000 (49 MP, under the 50 MP cap) is 196 MB once decoded (Pillow keeps RGB
+    in 4 bytes a pixel). Before, every full-size copy (EXIF turn, RGB conversion, resize) stacked: peak
+    RSS grew 586 MB for one request and 2.3 GB for four at once (measured with this test on the old
+    code). Now the decoded picture is shrunk at once (``reduce``) and decodes queue behind
+    ``MAX_CONCURRENT_DECODES``: one costs the decode itself (~211 MB), four at once about two (~414 MB).
+    """
+    path = tmp_path / "big.png"
+    path.write_bytes(_solid_rgb_png(7000, 7000))
+    assert path.stat().st_size < 300_000
+    one = _peak_megabytes(path, 1)
+    four = _peak_megabytes(path, 4)
+    print(f"peak RSS growth: one decode {one} MB, four at once {four} MB")
+    assert one < 260, one
+    assert four < 3 * one, (one, four)  # not four decodes stacked
+
+
+def test_a_big_sideways_picture_is_turned_after_it_is_shrunk() -> None:
+    data = image_bytes("PNG", 4000, 2000, color=RED, right_color=BLUE, orientation=6)
+    ref = fit_reference(data, declared_type=None, filename="phone.png", size="100x200")
+    img = _open(ref.data)
+    assert img.size == (100, 200)
+    top, bottom = img.getpixel((50, 20)), img.getpixel((50, 180))
+    assert top[0] > 150 and top[2] < 100, top
+    assert bottom[2] > 150 and bottom[0] < 100, bottom
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "RGBA", "LA", "I;16"])
+def test_big_pictures_of_every_mode_are_shrunk_and_fitted(mode: str) -> None:
+    if mode == "I;16":  # a 16-bit grey: dark left, light right
+        img = Image.new("I;16", (3000, 1500), 10_000)
+        img.paste(60_000, (1500, 0, 3000, 1500))
+    else:
+        img = Image.new("RGB", (3000, 1500), RED)
+        img.paste(BLUE, (1500, 0, 3000, 1500))
+        img = img.convert(mode)
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    ref = fit_reference(out.getvalue(), declared_type="image/png", filename="m.png", size="320x160")
+    fitted = _open(ref.data)
+    assert fitted.size == (320, 160) and fitted.mode == "RGB"
+    left, right = fitted.getpixel((20, 80)), fitted.getpixel((300, 80))
+    assert left != right  # the two halves survive the shrink, whatever the mode

@@ -9,7 +9,7 @@ balances (one reserve per job; delivered jobs settled, others released; open job
 
 The video service is ``FakeVideosServer`` in its own process (it must outlive the bot), scripted
 from here: slow creates, slow downloads and long renders hold the bot in the state under test. One
-test uses the local renderer instead (a 12 s 1792x1024 clip renders for a few seconds).
+test uses the local renderer instead (a 10 s 1920x1080 clip renders for a few seconds).
 
 A killed process still holds its jobs' 60 s leases (no other process drives or waits for them
 meanwhile); the tests expire those leases in the database instead of waiting a minute, which is what
@@ -19,6 +19,7 @@ person sees without that.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections import Counter
@@ -27,7 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.jobs import Job, JobOptions, JobState
 from bot.media import inspect_clip
+from bot.store import Store
+from bot.store.jobs import new_job_id
 from tests.helpers_processes import (
     Db,
     FakeVideosProcess,
@@ -93,8 +97,9 @@ class Bot:
         with sqlite3.connect(self.db.path) as db:
             db.execute("UPDATE jobs SET lease_expires = 0 WHERE lease_owner IS NOT NULL")
 
-    def restart(self, timeout: float = 60) -> Finished:
-        done = self.run("/video jobs", timeout=timeout)
+    def restart(self, timeout: float = 60, *, user: str = "x") -> Finished:
+        """``/video jobs`` as ``user``: a terminal resumes and waits for that person's jobs only."""
+        done = self.run("/video jobs", user=user, timeout=timeout)
         assert done.returncode == 0, done
         return done
 
@@ -172,7 +177,7 @@ def test_killed_while_rendering(make_bot, videos: FakeVideosProcess) -> None:
 
 def test_killed_while_rendering_on_the_local_renderer(make_bot) -> None:
     bot = make_bot()
-    process = bot.start("/video a lighthouse --pro --seconds 12 --size 1792x1024")
+    process = bot.start("/video a lighthouse --model ltx-2-fast --seconds 10")
     bot.wait_for("rendering", only_state("rendering"))
     bot.kill(process)
     assert set(bot.db.states().values()) == {"rendering"}
@@ -218,24 +223,50 @@ def test_killed_while_downloading_or_delivering(
 
 def test_killed_before_admission(make_bot, videos: FakeVideosProcess) -> None:
     """A crash between writing the job and reserving its cost leaves it ``received`` with nothing
-    reserved. Too short a window to hit from outside: after a real kill (here while submitting, with
-    the create never processed) the test writes that state back, with the row a minute old."""
+    reserved. Too short a window to hit from outside, and the ledger is append-only (a reservation
+    cannot be taken back), so the test writes what that crash leaves: a ``received`` row a minute
+    old, through the store, in a data dir a real run created."""
     bot = make_bot(**openai_env(videos))
-    videos.inject("create", delay=5)
-    process = bot.start("/video a paper boat")
-    bot.wait_for("submitting", only_state("submitting"))
-    bot.kill(process)
-    with sqlite3.connect(bot.db.path) as db:
-        db.execute(
-            "UPDATE jobs SET state = 'received', budget_period = NULL, queued_at = NULL, started_at = NULL, "
-            "created_at = created_at - 60, lease_owner = NULL, lease_expires = NULL"
-        )
-        db.execute("DELETE FROM ledger")
-        db.execute("UPDATE budget_usage SET reserved_micros = 0")
+    bot.restart()  # a real run makes the data dir and its schema; it has nothing to resume
+    assert bot.db.jobs() == {}
+    job_id = asyncio.run(_write_received_job(bot.data / "reelbot.db", user="x", age=60))
+    assert bot.db.states() == {job_id: "received"} and bot.db.ledger() == []
     bot.db.assert_balanced()
-    bot.restart()
+    restart = bot.restart()
+    assert "Resuming 1 unfinished job(s) of yours" in restart.stderr, restart
     bot.assert_every_job_delivered_once()
+    assert [kind for job, kind, _ in bot.db.ledger() if job == job_id] == ["reserve", "settle"]
     assert videos.video_count() == 1
+
+
+async def _write_received_job(path: Path, *, user: str, age: float) -> str:
+    """The row ``ReelBot.handle`` writes before admission, as a crash right after it leaves it."""
+    store = await Store.open(path)
+    try:
+        now = time.time() - age
+        job, created = await store.insert_job(
+            Job(
+                id=new_job_id(),
+                request_key=f"console:local:{user}:before-admission",
+                platform="console",
+                workspace_id="local",
+                user_id=user,
+                user_name=f"@{user}",
+                channel_id="terminal",
+                thread_id=None,
+                prompt="a paper boat",
+                options=JobOptions(model="sora-2", size="1280x720", seconds=4, aspect="16:9", resolution="720p"),
+                state=JobState.RECEIVED,
+                cost_micros=400_000,
+                created_at=now,
+                updated_at=now,
+                provider="openai",
+            )
+        )
+        assert created
+        return job.id
+    finally:
+        await store.close()
 
 
 # --- several jobs, several processes --------------------------------------------------------------------------
@@ -253,7 +284,9 @@ def test_two_processes_killed_with_one_job_rendering_and_one_queued(make_bot, vi
     bot.kill(second)
     assert sorted(bot.db.states().values()) == ["queued", "rendering"]
     bot.expire_leases()
-    bot.restart()
+    first_restart = bot.restart()  # x's terminal waits for x's job only, and never calls y's "resumed"
+    assert "Resuming 1 unfinished job(s) of yours" in first_restart.stderr, first_restart
+    bot.restart(user="y")
     bot.assert_every_job_delivered_once()
     assert videos.counts()["create"] == 2 and videos.video_count() == 2
 

@@ -187,13 +187,15 @@ def test_the_data_dir_and_database_are_owner_only(tmp_path: Path, umask: int) ->
     assert _mode(clip) == 0o600, oct(_mode(clip))
 
 
-def test_a_data_dir_that_exists_open_is_closed_at_start(tmp_path: Path) -> None:
+def test_a_data_dir_that_exists_keeps_its_mode_and_the_files_inside_are_owner_only(tmp_path: Path) -> None:
+    """A directory reelbot did not create is the operator's (it may be ``.`` or shared on purpose): its
+    mode is never changed; what reelbot writes inside is owner-only, and a directory it creates is 0700."""
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     data.chmod(0o755)
     done = run_reelbot(["console", "--as", "x", "/video budget"], reelbot_env(data), tmp_path)
     assert done.returncode == 0, done
-    assert _mode(data) == 0o700 and _mode(data / "reelbot.db") == 0o600
+    assert _mode(data) == 0o755 and _mode(data / "reelbot.db") == 0o600
 
 
 # --- admin commands ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from adapters.slack import SlackAdapter, SlackDelivery
 from adapters.slack import blocks as kit
 from adapters.slack.adapter import mentions_in, normalize_text
 from adapters.slack.files import SlackFileRefused, SlackFiles
-from bot.commands import CommandRules, VideoCommand, parse
+from bot.catalog import shipped_catalog
+from bot.commands import VideoCommand, parse
 from bot.config import Settings
 from bot.delivery import CardView, Delivery, DeliveryError
 from bot.jobs import Job, JobOptions, JobState
@@ -97,17 +98,31 @@ def test_a_long_prompt_stays_within_slacks_limits() -> None:
 
 def test_modal_fields_and_private_metadata_round_trip() -> None:
     context = kit.ModalContext(channel_id="C1", thread_ts="1.2", file_ids=("F1",))
-    view = kit.video_modal(CommandRules(), context, prompt="a cat")
+    catalog = shipped_catalog()
+    view = kit.video_modal(catalog.enabled(("openai",)), context, default_model="sora-2", prompt="a cat")
     assert view["callback_id"] == kit.VIDEO_VIEW and len(view["private_metadata"]) < 3000
     assert kit.ModalContext.load(view["private_metadata"]) == context
     assert kit.ModalContext.load("not json") == kit.ModalContext(channel_id="")
-    sizes = next(b for b in view["blocks"] if b.get("block_id") == "size")["element"]["options"]
-    assert [o["value"] for o in sizes] == ["720x1280", "1280x720", "1024x1792", "1792x1024"]
-    seconds = next(b for b in view["blocks"] if b.get("block_id") == "seconds")["element"]["options"]
-    assert [o["value"] for o in seconds] == ["4", "8", "12"]
-    long_rules = kit.video_modal(CommandRules(allow_long_clips=True, allow_1080p=True), context)
-    assert "20" in str(long_rules) and "1920x1080" in str(long_rules)
-    no_file = kit.video_modal(CommandRules(), context, file_input=False, image_note="from *x.png*")
+
+    def options(view: dict, block_id: str) -> list[str]:
+        return [
+            o["value"] for o in next(b for b in view["blocks"] if b.get("block_id") == block_id)["element"]["options"]
+        ]
+
+    assert options(view, "model") == ["sora-2", "sora-2-pro"]
+    assert options(view, "size") == ["1280x720", "720x1280"]
+    assert options(view, "seconds") == ["4", "8", "12"]
+    assert options(view, "audio") == ["on", "off"]
+    model = next(b for b in view["blocks"] if b.get("block_id") == "model")["element"]
+    assert model["initial_option"]["value"] == "sora-2" and "from $0.10/s" in model["initial_option"]["text"]["text"]
+    # The form grows with the catalog: every served model, its sizes and lengths; empty selects mean the defaults.
+    everything = kit.video_modal(catalog.enabled(("local",)), context, default_model="sora-2")
+    assert options(everything, "model") == list(catalog.names)
+    assert "1920x1080" in options(everything, "size") and "480x480" in options(everything, "size")
+    assert options(everything, "seconds") == [str(n) for n in range(4, 16)]
+    size = next(b for b in everything["blocks"] if b.get("block_id") == "size")
+    assert size["optional"] is True and "initial_option" not in size["element"]
+    no_file = kit.video_modal(catalog.enabled(("local",)), context, file_input=False, image_note="from *x.png*")
     assert "file_input" not in str(no_file) and "from *x.png*" in str(no_file)
 
 

@@ -13,7 +13,7 @@ from adapters.console import ConsoleDelivery
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.delivery import DeliveryError
-from bot.jobs import ChatRequest, InputFile, Job, JobState, Requester
+from bot.jobs import ChatRequest, InputFile, Job, JobOptions, JobState, Requester
 from bot.media import probe_clip
 from bot.providers.local import LocalRenderer
 from tests.media_factory import image_bytes
@@ -137,8 +137,8 @@ async def test_warning_at_80_percent_once(make_settings: Callable[..., Settings]
 
 async def test_bad_input_gets_one_clear_line_and_no_job(running: App) -> None:
     for text, fragment in [
-        ("a cat --seconds 5", "--seconds takes 4, 8 or 12"),
-        ("a cat --size 1792x1024", "Add --pro"),
+        ("a cat --seconds 5", "sora-2 takes 4, 8 or 12 seconds (got 5)"),
+        ("a cat --size 1792x1024", "sora-2 takes sizes 1280x720 or 720x1280 (got 1792x1024)"),
         ("", "Tell me what to film"),
     ]:
         reply = await running.bot.handle(ask(text))
@@ -257,30 +257,47 @@ async def test_a_restart_at_any_state_finishes_every_job_once(
     first = await build_app(settings, provider=provider)
     delivery = ConsoleDelivery(quiet=True)
     first.bot.register(delivery)  # registered, but the worker never starts: the process "dies" here
-    reply = await first.bot.handle(ask("a restart test"))
-    job = reply.job
     store = first.store
     if crash_at == "received":
-        job = await store.update_job(job.id, state=JobState.RECEIVED)
-        await store._db.execute("DELETE FROM ledger WHERE job_id = ?", (job.id,))
-        await store._db.execute("UPDATE budget_usage SET reserved_micros = 0")
-        await store._db.execute("UPDATE jobs SET created_at = created_at - 60 WHERE id = ?", (job.id,))
-    elif crash_at != "queued":
-        await store.update_job(job.id, state=JobState.SUBMITTING, started_at=time.time())
+        # Written, then the process died before admission: nothing reserved, the row a minute old.
+        now = time.time() - 60
+        job, _ = await store.insert_job(
+            Job(
+                id="crashrcv",
+                request_key="k-crash-received",
+                platform="console",
+                workspace_id="w1",
+                user_id="alice",
+                user_name="@alice",
+                channel_id="terminal",
+                thread_id=None,
+                prompt="a restart test",
+                options=JobOptions("sora-2", "1280x720", 4),
+                state=JobState.RECEIVED,
+                cost_micros=400_000,
+                created_at=now,
+                updated_at=now,
+                provider=provider.name,
+            )
+        )
+    else:
+        job = (await first.bot.handle(ask("a restart test"))).job
+    if crash_at not in ("received", "queued"):
+        await store.transition(job.id, JobState.SUBMITTING, started_at=time.time())
         if crash_at == "sent_not_recorded":
             await provider.create(first.worker._spec(job))  # the create went out; its id was never stored
         elif crash_at != "submitting":
             video = await provider.create(first.worker._spec(job))
-            await store.update_job(job.id, state=JobState.RENDERING, provider_video_id=video.id)
+            await store.transition(job.id, JobState.RENDERING, provider_video_id=video.id)
             if crash_at != "rendering":
                 while (await provider.retrieve(video.id)).status != "completed":
                     await asyncio.sleep(0.05)
-                await store.update_job(job.id, state=JobState.DOWNLOADING)
+                await store.transition(job.id, JobState.DOWNLOADING)
                 if crash_at != "downloading":
                     dest = settings.clips_dir / f"{job.id}.mp4"
                     settings.clips_dir.mkdir(parents=True, exist_ok=True)
                     await provider.download(video.id, dest)
-                    job = await store.update_job(job.id, state=JobState.DELIVERING, clip_path=str(dest))
+                    job = await store.transition(job.id, JobState.DELIVERING, clip_path=str(dest))
                     if crash_at == "delivered_not_recorded":
                         await delivery.post_clip(job, dest, "posted before the crash")
     await first.close()

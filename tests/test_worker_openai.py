@@ -218,7 +218,7 @@ async def test_a_restart_after_the_create_was_sent_adopts_the_render(
     first = await open_app(settings, fake)
     await first.worker.stop()  # this process "dies" right after sending the create
     job = (await first.bot.handle(ask("a cat adopted after a crash"))).job
-    await first.store.update_job(job.id, state=JobState.SUBMITTING, started_at=time.time())
+    await first.store.transition(job.id, JobState.SUBMITTING, started_at=time.time())
     await first.provider.create(first.worker._spec(job))
     await first.close()
 

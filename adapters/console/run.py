@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import mimetypes
 import sys
 import uuid
@@ -13,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from adapters.console.delivery import ConsoleDelivery
+from adapters.console.safe import json_line, terminal_text
 from bot.app import build_app
 from bot.config import Settings
 from bot.core import MAX_ATTACHMENT_BYTES
@@ -40,13 +40,37 @@ class AttachmentError(ValueError):
 
 
 def read_attachment(path: Path) -> InputFile:
-    """Reads a file to attach, refusing what a chat platform would refuse before downloading."""
-    if not path.is_file():
-        raise AttachmentError(f"There is no file {path}.")
-    if path.stat().st_size > MAX_ATTACHMENT_BYTES:
+    """Reads a file to attach, refusing what a chat platform would refuse before downloading.
+
+    Raises:
+        AttachmentError: one sentence naming the file, for a missing, unreadable or too large one.
+    """
+    try:
+        if path.is_dir():
+            raise AttachmentError(f"{path} is a folder, not a file.")
+        if not path.exists():
+            raise AttachmentError(f"There is no file {path}.")
+        if not path.is_file():
+            raise AttachmentError(f"{path} is not a regular file (a device, socket or pipe).")
+        if path.stat().st_size > MAX_ATTACHMENT_BYTES:
+            raise AttachmentError(f"{path.name} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_ATTACHMENT_BYTES + 1)
+    except PermissionError:
+        raise AttachmentError(f"I may not read {path} (permission denied).") from None
+    except OSError as exc:
+        raise AttachmentError(f"I could not read {path} ({exc.strerror or type(exc).__name__}).") from None
+    if len(data) > MAX_ATTACHMENT_BYTES:  # it grew while we looked
         raise AttachmentError(f"{path.name} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB.")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return InputFile(filename=path.name, content_type=content_type, data=path.read_bytes())
+    return InputFile(filename=path.name, content_type=content_type, data=data)
+
+
+def request_key(args: ConsoleArgs, user: str) -> str:
+    """The platform request id, namespaced by workspace and person: the same ``--request-id`` from two
+    people is two requests (it is one request only when the same person repeats it)."""
+    own = args.request_id if args.request_id is not None else uuid.uuid4().hex
+    return f"console:{args.workspace}:{user}:{own}"
 
 
 def strip_command(text: str) -> str:
@@ -59,46 +83,50 @@ def strip_command(text: str) -> str:
 async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | None = None) -> int:
     """Runs one command; returns the process exit code (0 delivered or answered, 1 otherwise)."""
     out = out or Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False)
     try:
         attachments = tuple(read_attachment(p) for p in args.attach)
     except AttachmentError as exc:
-        return _finish(out, err, args, ok=False, message=str(exc))
+        return _finish(out, args, ok=False, message=str(exc))
+    user = args.as_user.lstrip("@")
 
+    requester = Requester(platform="console", workspace_id=args.workspace, user_id=user, display_name=f"@{user}")
     app = await build_app(settings)
-    delivery = ConsoleDelivery(out=out)
+    delivery = ConsoleDelivery(out=out, viewer=requester.key)
     app.bot.register(delivery)
     try:
         await app.store.expire_dead_leases()
-        # Jobs another terminal is driving right now hold a live lease and are not ours to wait for;
-        # queued ones are anybody's to run.
+        # The worker runs any queued terminal job (they are anybody's to run), but this terminal waits
+        # only for its own person's unfinished jobs, and only those are called resumed. Jobs another
+        # terminal is driving right now hold a live lease and are not orphaned.
         unfinished = [
             job
             for job in await app.store.orphaned_jobs([*RESUMABLE_STATES, JobState.RECEIVED], ["console"])
-            if job.state is not JobState.RECEIVED or app.bot.clock() - job.created_at > 30
+            if job.user_key == requester.key
+            and (job.state is not JobState.RECEIVED or app.bot.clock() - job.created_at > 30)
         ]
         if unfinished:
-            err.print(f"Resuming {len(unfinished)} unfinished job(s) from an earlier run.")
+            _error_line(f"Resuming {len(unfinished)} unfinished job(s) of yours from an earlier run.")
         await app.worker.start()
-        user = args.as_user.lstrip("@")
-        requester = Requester(platform="console", workspace_id=args.workspace, user_id=user, display_name=f"@{user}")
         request = ChatRequest(
             requester=requester,
-            request_key=f"console:{args.request_id or uuid.uuid4().hex}",
+            request_key=request_key(args, user),
             channel_id="terminal",
             text=strip_command(args.text),
             attachments=attachments,
         )
         if args.press:
-            reply = await app.bot.press_action(requester, args.press)
+            action, _, argument = args.press.partition(":")
+            reply = await app.bot.press(requester, action, argument, request.request_key)
         else:
             reply = await app.bot.handle(request)
         if reply.ok:
-            out.print(reply.text, markup=False)
+            out.print(terminal_text(reply.text), markup=False)
         # Buttons become commands in the terminal.
         for action_id, label in reply.actions:
             out.print(
-                f"  [{label}] → reelbot console --as {user} --workspace {args.workspace} --press {action_id}",
+                terminal_text(
+                    f"  [{label}] → reelbot console --as {user} --workspace {args.workspace} --press {action_id}"
+                ),
                 markup=False,
             )
         job = reply.job
@@ -114,7 +142,6 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
                 )
                 return _finish(
                     out,
-                    err,
                     args,
                     ok=False,
                     message=message,
@@ -135,7 +162,6 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
             error = reply.text if not reply.ok or job is None or not job.error else job.error
         return _finish(
             out,
-            err,
             args,
             ok=ok,
             message=error,
@@ -148,9 +174,14 @@ async def run_console(settings: Settings, args: ConsoleArgs, *, out: Console | N
         await app.close()
 
 
+def _error_line(text: str) -> None:
+    """One line on stderr, never wrapped (a script reads it whole), never driving the terminal."""
+    sys.stderr.write(terminal_text(text) + "\n")
+    sys.stderr.flush()
+
+
 def _finish(
     out: Console,
-    err: Console,
     args: ConsoleArgs,
     *,
     ok: bool,
@@ -160,12 +191,14 @@ def _finish(
     reply: str | None = None,
 ) -> int:
     if not ok and message:
-        err.print(f"reelbot: {message.splitlines()[0]}", markup=False)
+        _error_line(f"reelbot: {message.splitlines()[0]}")
     if args.json_out:
         payload = {
             "ok": ok,
             "job_id": job.id if job is not None else None,
             "state": job.state.value if job is not None else None,
+            "model": job.options.model if job is not None else None,
+            "provider": (job.provider or None) if job is not None else None,
             "cost_usd": usd_string(job.cost_micros) if job is not None else None,
             "clip_path": job.clip_path if job is not None and job.state is JobState.DELIVERED else None,
             "error": None if ok else message,
@@ -173,6 +206,6 @@ def _finish(
             "reply": reply,
         }
         sys.stdout.flush()
-        out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        out.file.write(json_line(payload) + "\n")
         out.file.flush()
     return 0 if ok else 1

@@ -38,13 +38,14 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord.attachments import AttachmentFetcher, AttachmentInfo, AttachmentRefused, origin_of
-from adapters.discord.delivery import DiscordDelivery
+from adapters.discord.delivery import DiscordDelivery, discord_text
 from adapters.discord.views import REMIX_MODAL, ActionButton, JobButton, RemixModal, action_buttons, modal_value
 from bot import texts
-from bot.commands import MODELS, SUBCOMMANDS, CommandError, CommandRules, parse
+from bot.catalog import ASPECT_WORDS, SIZES
+from bot.commands import SUBCOMMANDS, CommandError, CommandRules, parse
 from bot.config import Settings
-from bot.core import MAX_ATTACHMENT_BYTES, ReelBot, Reply
-from bot.jobs import ChatRequest, InputFile, JobState, Requester
+from bot.core import CATCH_ALL, MAX_ATTACHMENT_BYTES, ReelBot, Reply
+from bot.jobs import ChatRequest, InputFile, Requester
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,6 @@ DISCORD_API_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
 _JOB_ID = re.compile(r"[A-Za-z0-9]{1,40}")
 INTERNAL_ERROR = "Something went wrong on my side. Check `/video jobs` before trying again."
-_SIZE_WORDS = {
-    "720x1280": "portrait",
-    "1280x720": "landscape",
-    "1024x1792": "tall, pro",
-    "1792x1024": "wide, pro",
-    "1080x1920": "portrait 1080p, pro",
-    "1920x1080": "landscape 1080p, pro",
-}
 
 
 class DiscordStartError(RuntimeError):
@@ -126,11 +119,17 @@ def video_text(
     seconds: int | None = None,
     size: str | None = None,
     cameo: str | None = None,
+    aspect: str | None = None,
+    resolution: str | None = None,
+    audio: bool | None = None,
+    seed: int | None = None,
+    negative: str | None = None,
 ) -> str:
     """``/video create`` options as the shared command text; flags typed in the prompt keep working.
 
     Nothing is quoted, so ``--pro`` in the prompt is a flag; only a first word that would read as a
-    subcommand (``jobs``, ``help``...) is quoted so the text stays a clip request.
+    subcommand (``jobs``, ``help``...) is quoted so the text stays a clip request. The catalog checks the
+    options against the model afterwards, like any typed command.
     """
     words = prompt.strip()
     first = words.split(maxsplit=1)[0] if words else ""
@@ -143,6 +142,16 @@ def video_text(
         parts += ["--seconds", str(seconds)]
     if size:
         parts += ["--size", size]
+    if aspect:
+        parts += ["--aspect", aspect]
+    if resolution:
+        parts += ["--resolution", resolution]
+    if audio is not None:
+        parts.append("--audio" if audio else "--silent")
+    if seed is not None:
+        parts += ["--seed", str(seed)]
+    if negative and negative.strip():
+        parts += ["--negative", '"' + " ".join(negative.replace('"', "'").split()) + '"']
     if cameo:
         parts += ["--cameo", cameo]
     return " ".join(parts)
@@ -228,8 +237,16 @@ class DiscordAdapter:
         self.video = self._build_video_group(bot.policy.rules)
         if bot.cameos is not None:
             from adapters.discord.cameo import add_cameo_commands
+            from adapters.discord.profile import DiscordProfilePhotos, cdn_for
 
             add_cameo_commands(self)
+            # Registrations are checked against the person's Discord avatar.
+            bot.cameos.add_profile_photos(
+                self.platform,
+                DiscordProfilePhotos(
+                    client=self.client, cdn_url=cdn_for(self.api_url), extra_origins=self.fetcher.extra_origins
+                ),
+            )
         self.client.tree.add_command(self.video)
         bot.register(self.delivery)
         self._ready = asyncio.Event()
@@ -362,24 +379,60 @@ class DiscordAdapter:
     # --- commands -------------------------------------------------------------------------------
 
     def _build_video_group(self, rules: CommandRules) -> app_commands.Group:
+        """The /video commands; the model, length, aspect and resolution choices come from the catalog's
+        models that a configured provider serves (Discord allows 25 choices per option)."""
         adapter = self
         video = app_commands.Group(name="video", description="Make short AI video clips")
         admin = app_commands.Group(name="admin", description="Budgets and usage (Manage Server)", parent=video)
-        sizes = list(dict.fromkeys(s for model in MODELS for s in rules.sizes(model)))
-        size_choices = [app_commands.Choice(name=f"{s} ({_SIZE_WORDS.get(s, s)})", value=s) for s in sizes]
-        second_choices = [app_commands.Choice(name=f"{n} seconds", value=n) for n in rules.seconds]
-        model_choices = [app_commands.Choice(name=m + (" (pro)" if m.endswith("pro") else ""), value=m) for m in MODELS]
+        catalog, names = self.bot.catalog, self.bot.providers.names
+        enabled = catalog.enabled(names)[:25]
+        default = catalog.default_for(names)
+
+        def model_label(m) -> str:
+            cheapest = m.cheapest_per_second()
+            price = f"from {texts.format_usd(cheapest)}/s" if cheapest is not None else "no price"
+            return f"{m.name}{' (default)' if m is default else ''} · {price}"[:100]
+
+        def size_label(size: str) -> str:
+            aspect, resolution = next(key for key, value in SIZES.items() if value == size)
+            return f"{size} ({ASPECT_WORDS[aspect]}, {resolution})"
+
+        model_choices = [app_commands.Choice(name=model_label(m), value=m.name) for m in enabled]
+        seconds = sorted({s for m in enabled for s in m.durations})[:25]
+        second_choices = [app_commands.Choice(name=f"{n} seconds", value=n) for n in seconds]
+        sizes = list(dict.fromkeys(size for m in enabled for size in m.sizes()))[:25]
+        size_choices = [app_commands.Choice(name=size_label(size), value=size) for size in sizes]
+        aspects = [a for a in ("16:9", "9:16", "1:1") if any(a in m.aspects for m in enabled)]
+        aspect_choices = [app_commands.Choice(name=f"{a} ({ASPECT_WORDS[a]})", value=a) for a in aspects]
+        resolutions = [r for r in ("480p", "720p", "1080p") if any(r in m.resolutions for m in enabled)]
+        resolution_choices = [app_commands.Choice(name=r, value=r) for r in resolutions]
+        sound_choices = [
+            app_commands.Choice(name="with sound", value="on"),
+            app_commands.Choice(name="silent (cheaper where the model lets you choose)", value="off"),
+        ]
 
         @video.command(name="create", description="Make a clip from a prompt, optionally starting from a picture")
         @app_commands.describe(
-            prompt="What to film; flags such as --pro --seconds 8 work here too",
+            prompt="What to film; flags such as --model veo-3.1-lite --seconds 8 work here too",
             image="A JPEG, PNG or WEBP picture to start the clip from",
-            model="sora-2 (default) or sora-2-pro",
-            seconds="How long the clip is",
-            size="Width x height",
+            model=f"Which model (default {default.name if default else 'none'}); /video models compares them",
+            seconds="How long the clip is (each model takes its own lengths)",
+            size="Width x height (or choose aspect and resolution)",
+            aspect="Landscape, portrait or square",
+            resolution="720p or 1080p (each model takes its own)",
+            sound="With sound or silent, where the model lets you choose (the price follows)",
+            seed="A number for repeatable results, where the model takes one",
+            negative="What the clip should not show, where the model takes it",
             cameo="Someone whose registered cameo to use (they must allow it)",
         )
-        @app_commands.choices(model=model_choices, seconds=second_choices, size=size_choices)
+        @app_commands.choices(
+            model=model_choices,
+            seconds=second_choices,
+            size=size_choices,
+            aspect=aspect_choices,
+            resolution=resolution_choices,
+            sound=sound_choices,
+        )
         async def create(
             interaction: discord.Interaction,
             prompt: app_commands.Range[str, 1, 6000],
@@ -387,13 +440,31 @@ class DiscordAdapter:
             model: str | None = None,
             seconds: int | None = None,
             size: str | None = None,
+            aspect: str | None = None,
+            resolution: str | None = None,
+            sound: str | None = None,
+            seed: app_commands.Range[int, 0, 4_294_967_295] | None = None,
+            negative: app_commands.Range[str, 1, 2000] | None = None,
             cameo: discord.User | None = None,
         ) -> None:
             mentions = {cameo.mention: str(cameo.id)} if cameo is not None else {}
             text = video_text(
-                prompt, model=model, seconds=seconds, size=size, cameo=cameo.mention if cameo is not None else None
+                prompt,
+                model=model,
+                seconds=seconds,
+                size=size,
+                aspect=aspect,
+                resolution=resolution,
+                audio=None if sound is None else sound == "on",
+                seed=seed,
+                negative=negative,
+                cameo=cameo.mention if cameo is not None else None,
             )
             await adapter.run_command(interaction, text, image=image, mentions=mentions)
+
+        @video.command(name="models", description="The models here: what each takes and costs")
+        async def models(interaction: discord.Interaction) -> None:
+            await adapter.run_command(interaction, "models")
 
         @video.command(name="budget", description="Your budget: spent, reserved and left")
         async def budget(interaction: discord.Interaction) -> None:
@@ -413,9 +484,11 @@ class DiscordAdapter:
         async def retry(interaction: discord.Interaction, job: app_commands.Range[str, 1, 40]) -> None:
             await adapter.run_command(interaction, job_text("retry", job))
 
-        @video.command(name="help", description="How to use reelbot")
-        async def help_(interaction: discord.Interaction) -> None:
-            await adapter.run_command(interaction, "help")
+        @video.command(name="help", description="How to use reelbot, or everything about one model")
+        @app_commands.describe(model="A model to explain")
+        @app_commands.choices(model=model_choices)
+        async def help_(interaction: discord.Interaction, model: str | None = None) -> None:
+            await adapter.run_command(interaction, f"help {model}" if model else "help")
 
         async def job_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             return await adapter.job_choices(interaction, current)
@@ -527,7 +600,7 @@ class DiscordAdapter:
 
     async def _answer(self, interaction: discord.Interaction, reply: Reply) -> None:
         view = action_buttons(_workspace(interaction), reply.actions) if reply.actions else None
-        parts = _chunks(reply.text)
+        parts = _chunks(discord_text(reply.text))
         for index, part in enumerate(parts):
             kwargs: dict[str, Any] = {}
             if view is not None and index == len(parts) - 1:
@@ -596,29 +669,20 @@ class DiscordAdapter:
         if not await self._defer(interaction):
             return
         try:
-            if action == "cancel":
-                reply = await self.bot.cancel(requester, job_id)
-            elif action == "retry":
-                reply = await self.bot.retry_delivery(requester, job_id)
-            else:
-                reply = await self.bot.reroll(requester, job_id, self._key(interaction))
+            reply = await self.bot.press(requester, action, job_id, self._key(interaction))
         except Exception:
             log.exception("%s button failed for job %s", action, job_id)
-            reply = Reply(INTERNAL_ERROR, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(interaction, reply)
 
     async def _open_remix(self, interaction: discord.Interaction, job_id: str) -> None:
-        try:
-            job = await asyncio.wait_for(self.bot.store.get_job(job_id), timeout=1.5)
+        try:  # a modal must be the first answer, within Discord's 3 s: the look-up gets 1.5 s
+            target = await asyncio.wait_for(self.bot.remix_target(self._requester(interaction), job_id), timeout=1.5)
         except Exception:
-            job = None
+            target = Reply(CATCH_ALL, ok=False)
         try:
-            if job is None or job.platform != "discord":
-                await interaction.response.send_message(f"There is no job {job_id} here.", ephemeral=True)
-            elif job.state is not JobState.DELIVERED or not job.provider_video_id:
-                await interaction.response.send_message(
-                    f"Only a delivered clip can be remixed; job {job.id} is {job.state.value}.", ephemeral=True
-                )
+            if isinstance(target, Reply):
+                await interaction.response.send_message(discord_text(target.text), ephemeral=True)
             else:
                 modal = RemixModal(job_id)
                 modal.stop()  # not kept in memory: the submission is routed by custom id (see on_interaction)
@@ -650,18 +714,12 @@ class DiscordAdapter:
         if not await self._defer(interaction):
             return
         requester = self._requester(interaction, workspace_id=workspace_id)
+        action, _, argument = action_id.partition(":")
         try:
-            cameos = getattr(self.bot, "cameos", None)
-            if action_id.startswith("cameo_"):
-                if cameos is not None and hasattr(cameos, "press"):
-                    reply = await cameos.press(requester, action_id)
-                else:
-                    reply = Reply("Cameos are not available on this bot.", ok=False)
-            else:
-                reply = await self.bot.press_action(requester, action_id)
+            reply = await self.bot.press(requester, action, argument, self._key(interaction))
         except Exception:
             log.exception("button %s failed", action_id)
-            reply = Reply(INTERNAL_ERROR, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(interaction, reply)
 
     async def on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,39 @@ async def discord_errors(doing: str) -> AsyncIterator[None]:
         ) from exc
 
 
+# Markdown that changes a message's structure or hides what a link points at, at the start of a line:
+# headers, subtext, block quotes, list items.
+_LINE_MARKUP = re.compile(r"^([ \t]*)(#{1,3}[ \t]|-#[ \t]|>>>[ \t]|>[ \t]|[-*+][ \t]|\d{1,9}[.)][ \t])", re.MULTILINE)
+_MASS_MENTION = re.compile(r"@(everyone|here)\b")
+
+
+def _escape_line_markup(match: re.Match[str]) -> str:
+    indent, mark = match.group(1), match.group(2)
+    if mark[0].isdigit():  # "1. item" -> "1\. item"
+        return f"{indent}{mark[:-2]}\\{mark[-2:]}"
+    return f"{indent}\\{mark}"
+
+
+def discord_text(text: str) -> str:
+    """The one way text from the core reaches Discord (captions, notices, replies, DMs, embed fields).
+
+    The core's sentences mix reelbot's words with what people typed and cannot tell them apart, so
+    the whole string is neutralised: a masked link ``[Sign in](https://evil)`` gets a zero-width
+    space between ``]`` and ``(`` (so it shows as typed, and reelbot's own `` `/video [--flags]` ``
+    code spans, where a backslash would show, are untouched); headers, subtext, quotes and lists at
+    line starts, code fences and spoilers are backslash-escaped, backslashes being doubled first so
+    typed escapes cannot undo that. ``@everyone``/``@here`` get a zero-width
+    space. Inline ``*bold*`` and `` `code` `` (which reelbot's own texts use) are left alone: they
+    cannot hide or forge anything. Pings are governed separately by ``AllowedMentions``: only the
+    requester of a job is ever pinged, so a typed ``<@id>`` shows as a name and notifies nobody.
+    """
+    text = text.replace("\\", "\\\\")
+    text = text.replace("](", "]\u200b(")  # no masked link; invisible inside reelbot's own `code [--flags]`
+    text = text.replace("```", "\\`\\`\\`").replace("||", "\\|\\|")
+    text = _LINE_MARKUP.sub(_escape_line_markup, text)
+    return _MASS_MENTION.sub("@\u200b\\1", text)
+
+
 def progress_bar(progress: int, width: int = 20) -> str:
     filled = max(0, min(width, round(progress * width / 100)))
     return "█" * filled + "░" * (width - filled) + f" {progress}%"
@@ -125,14 +159,14 @@ def progress_bar(progress: int, width: int = 20) -> str:
 
 def card_embed(card: CardView) -> discord.Embed:
     embed = discord.Embed(
-        title=card.title[:256],
-        description=discord.utils.escape_markdown(card.prompt)[:4000],
+        title=discord_text(card.title)[:256],
+        description=discord_text(card.prompt)[:4000],
         colour=_COLOURS.get(card.state, 0x5865F2),
     )
-    embed.add_field(name="Settings", value=card.settings[:1024], inline=True)
-    embed.add_field(name="Cost", value=card.cost[:1024], inline=True)
-    embed.add_field(name="Requested by", value=card.requester[:1024], inline=True)
-    status = card.status
+    embed.add_field(name="Settings", value=discord_text(card.settings)[:1024], inline=True)
+    embed.add_field(name="Cost", value=discord_text(card.cost)[:1024], inline=True)
+    embed.add_field(name="Requested by", value=discord_text(card.requester)[:1024], inline=True)
+    status = discord_text(card.status)
     if card.state == "rendering":
         status += "\n" + progress_bar(card.progress)
     embed.add_field(name="Status", value=status[:1024], inline=False)
@@ -329,7 +363,7 @@ class DiscordDelivery:
                     upload = await self._shrink(job, clip, limit)
                 try:
                     message = await self._channel(channel_id).send(
-                        content=caption[:2000],
+                        content=discord_text(caption)[:2000],
                         file=discord.File(upload, filename=clip_filename(job.id)),
                         allowed_mentions=self._requester_mentions(job),
                     )
@@ -385,7 +419,7 @@ class DiscordDelivery:
         who = f"<@{job.user_id}> " if job.user_id.isdigit() else ""
         async with discord_errors("post a notice"):
             await self._channel(channel_id).send(
-                content=(who + text)[:2000], allowed_mentions=self._requester_mentions(job)
+                content=(who + discord_text(text))[:2000], allowed_mentions=self._requester_mentions(job)
             )
 
     async def delete_message(self, job: Job, ref: str) -> None:
@@ -405,5 +439,7 @@ class DiscordDelivery:
             self._check_connected()
             channel = await self.client.create_dm(discord.Object(int(user_id)))
             kwargs = {"view": view} if view is not None else {}
-            message = await channel.send(content=text[:2000], allowed_mentions=discord.AllowedMentions.none(), **kwargs)
+            message = await channel.send(
+                content=discord_text(text)[:2000], allowed_mentions=discord.AllowedMentions.none(), **kwargs
+            )
         return f"{channel.id}:{message.id}"

@@ -25,16 +25,15 @@ import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
-from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -43,8 +42,11 @@ from adapters.slack.delivery import SlackDelivery, slack_error_code
 from adapters.slack.files import SlackFileRefused, SlackFiles
 from bot.commands import CameoCommand, CommandError, VideoCommand, parse
 from bot.config import Settings
-from bot.core import MAX_ATTACHMENT_BYTES, ReelBot, Reply
-from bot.jobs import ChatRequest, InputFile, JobState, Requester
+from bot.core import CATCH_ALL, MAX_ATTACHMENT_BYTES, ReelBot, Reply
+from bot.jobs import ChatRequest, InputFile, Requester
+from bot.web.ratelimited_log import RateLimitedLog
+from bot.web.server import WebServer
+from bot.web.slack_request import SlackRequestRefused, check_signature, decode_body
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,20 @@ def _is_image(file: dict) -> bool:
     return mimetype.startswith("image/") or name.endswith((".png", ".jpg", ".jpeg", ".webp"))
 
 
+class _UnusedTokenWarning(logging.Filter):
+    """Drops Bolt's "`token` will be unused" warning: Bolt falls back to ``SLACK_BOT_TOKEN`` from the
+    environment whenever it is given a client, so the warning would come at every start in production."""
+
+    _message = warning_client_prioritized_and_token_skipped()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self._message
+
+
+_BOLT_LOGGER = logging.getLogger("slack_bolt.reelbot")
+_BOLT_LOGGER.addFilter(_UnusedTokenWarning())
+
+
 class _SocketModeHandler(AsyncSocketModeHandler):
     """Bolt's Socket Mode handler, noting when each envelope arrives (for ack-first scheduling)."""
 
@@ -107,10 +123,11 @@ class SlackAdapter:
     Args:
         bot: the core; the adapter registers its ``SlackDelivery`` on it.
         bot_token: ``xoxb-`` token. ``app_token`` (``xapp-``) selects Socket Mode; without it the
-            adapter serves HTTP on ``host``:``http_port`` at ``POST /slack/events`` and needs
-            ``signing_secret``.
+            adapter serves HTTP at ``POST /slack/events`` and needs ``signing_secret``.
         api_url: the Web API base (``SLACK_API_URL``); its host is also trusted for file downloads.
-        host: the HTTP interface (``0.0.0.0``; tests use ``127.0.0.1`` with port 0).
+        server: the shared ``WebServer`` to mount ``/slack/events`` on (HTTP mode); whoever made it
+            starts and stops it. Without one the adapter runs its own on ``host``:``http_port``.
+        host: the HTTP interface of its own server (``0.0.0.0``; tests use ``127.0.0.1`` with port 0).
         command: the slash command's name.
     """
 
@@ -130,6 +147,7 @@ class SlackAdapter:
         max_file_bytes: int = MAX_ATTACHMENT_BYTES,
         admin_cache_seconds: float = ADMIN_CACHE_SECONDS,
         max_concurrent_work: int = 32,
+        server: WebServer | None = None,
     ) -> None:
         if not bot_token:
             raise ValueError("SLACK_BOT_TOKEN is required")
@@ -139,21 +157,32 @@ class SlackAdapter:
         self.mode = "socket" if app_token else "http"
         self.host = host
         self.http_port = http_port
-        self.port: int | None = None
         self.command = command
         self._app_token = app_token
         self.client = AsyncWebClient(token=bot_token, base_url=api_url)
         # Wait out Slack's 429s (Retry-After) instead of failing: all Web API work happens after the ack.
         self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
+        # The signature is checked once, on the raw bytes, before Bolt parses anything (``_http_events``).
+        # Every listener only acks and hands its work to ``_spawn``, so Bolt runs it before answering
+        # (``process_before_response``): the ack is the answer at once, without Bolt's 10 ms ack polling.
         self.app = AsyncApp(
             client=self.client,
             signing_secret=signing_secret or "",
-            request_verification_enabled=self.mode == "http",
-            logger=logging.getLogger("slack_bolt.reelbot"),
+            request_verification_enabled=False,
+            process_before_response=True,
+            logger=_BOLT_LOGGER,
         )
-        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
+        self._signing_secret = signing_secret or ""
+        self._forged = RateLimitedLog(logger=log, interval_s=600.0)
+        self._unreadable = RateLimitedLog(logger=log, interval_s=600.0)
         self.delivery = SlackDelivery(self.client)
         self.files = SlackFiles(token=bot_token, api_url=api_url, client=self.client, max_bytes=max_file_bytes)
+        if bot.cameos is not None:  # registrations are checked against the person's Slack profile photo
+            from adapters.slack.profile import SlackProfilePhotos
+
+            bot.cameos.add_profile_photos(
+                self.platform, SlackProfilePhotos(client=self.client, files=self.files, token=bot_token)
+            )
         self.bot_user_id: str | None = None
         self.team_id: str | None = None
         self._admin_cache: dict[tuple[str, str], tuple[bool, float]] = {}
@@ -167,7 +196,12 @@ class SlackAdapter:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._gate: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: WebServer | None = None
+        self._owns_server = False
+        if self.mode == "http":
+            self._owns_server = server is None
+            self._server = server or WebServer(host=host, port=http_port)
+            self._server.add_routes([web.post(EVENTS_PATH, self._http_events)])
         self._socket: AsyncSocketModeHandler | None = None
         self._register()
         bot.register(self.delivery)
@@ -177,9 +211,17 @@ class SlackAdapter:
 
     @classmethod
     def from_settings(
-        cls, bot: ReelBot, settings: Settings, *, host: str = "0.0.0.0", port: int | None = None
+        cls,
+        bot: ReelBot,
+        settings: Settings,
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        server: WebServer | None = None,
     ) -> SlackAdapter:
-        """The adapter ``reelbot serve`` starts; ``port`` overrides ``REELBOT_HTTP_PORT`` (0: any free port)."""
+        """The adapter ``reelbot serve`` starts; ``port`` overrides ``REELBOT_HTTP_PORT`` (0: any free port).
+
+        ``server``: the shared ``WebServer`` (``bot.web.build_web``) to mount on in HTTP mode."""
         if settings.slack_bot_token is None:
             raise ValueError("SLACK_BOT_TOKEN is required")
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
@@ -192,12 +234,19 @@ class SlackAdapter:
             api_url=settings.slack_api_url,
             http_port=settings.http_port if port is None else port,
             host=host,
+            server=server,
         )
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def port(self) -> int | None:
+        """The HTTP port (HTTP mode; the bound one once the server has started)."""
+        return self._server.port if self._server is not None else None
+
     async def start(self) -> None:
-        """Checks the token (``auth.test``), then connects Socket Mode or starts the HTTP server."""
+        """Checks the token (``auth.test``), then connects Socket Mode or starts its own HTTP server
+        (a shared server is started by whoever made it, once every route is mounted)."""
         # One pooled HTTP session for every Web API call, upload and response_url (keep-alive).
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.client.session = self._http
@@ -209,16 +258,11 @@ class SlackAdapter:
             await self._socket.connect_async()
             log.info("Slack connected over Socket Mode as %s in team %s", self.bot_user_id, self.team_id)
             return
-        web_app = web.Application()
-        web_app.router.add_post(EVENTS_PATH, self._http_events)
-        web_app.router.add_get("/healthz", self._health)
-        self._runner = web.AppRunner(web_app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.http_port, backlog=1024)  # bursts of commands
-        await site.start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else self.http_port
-        log.info("Slack HTTP endpoint listening on %s:%s%s as %s", self.host, self.port, EVENTS_PATH, self.bot_user_id)
+        assert self._server is not None
+        if self._owns_server:
+            await self._server.start()
+        where = f"port {self.port}" if self._owns_server else "the shared web server"
+        log.info("Slack HTTP endpoint on %s at %s as %s", where, EVENTS_PATH, self.bot_user_id)
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Disconnects, then lets in-flight requests finish for up to ``grace`` seconds."""
@@ -226,9 +270,8 @@ class SlackAdapter:
             with contextlib.suppress(Exception):
                 await self._socket.close_async()
             self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None and self._owns_server:
+            await self._server.stop()
         self._quiet.set()  # nothing more arrives: let waiting work run now
         if self._gate is not None:
             self._gate.cancel()
@@ -255,51 +298,39 @@ class SlackAdapter:
 
     @property
     def url(self) -> str:
-        """The events URL in HTTP mode (after ``start``)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}{EVENTS_PATH}"
-
-    async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        """The events URL in HTTP mode (after the server started)."""
+        if self._server is None:
+            raise RuntimeError("the Slack adapter has no HTTP endpoint in Socket Mode")
+        return f"{self._server.url}{EVENTS_PATH}"
 
     async def _http_events(self, request: web.Request) -> web.Response:
-        """``POST /slack/events``: everything goes through Bolt (its signature check, its listeners).
+        """``POST /slack/events``: the signature is checked once, on the raw bytes, before anything parses
+        the body; then the body is checked the way Bolt will parse it, and Bolt dispatches it (its
+        listeners ack at once and leave the work to ``_spawn``).
 
-        A signed ``/video`` command is acknowledged before Bolt runs, with an empty 200 (the
-        listener answers later through the response URL anyway), so a burst of commands is
-        acknowledged in well under Slack's 3 s however busy Bolt and the core are. Bolt then
-        dispatches it as usual, checking the signature again. Anything else (events,
-        interactions, forms whose answer goes in the response) waits for Bolt's answer.
+        Unsigned or badly signed: 401 ``{"error": "invalid request"}`` (Bolt's answer). Signed but
+        unusable: 400. Neither is logged per request above DEBUG, and never with the body (Bolt used to
+        log every unsigned body at INFO); one WARNING every 10 minutes says refusals are happening.
         """
+        raw = await request.read()  # the WebServer read it within its body timeout and size limit
+        try:
+            check_signature(secret=self._signing_secret, headers=request.headers, body=raw, now=time.time())
+            text = decode_body(raw, request.headers.get("Content-Type"))
+            bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+        except SlackRequestRefused as exc:
+            return self._refuse(exc.status, exc.reason)
+        except (ValueError, TypeError, AttributeError, RecursionError):  # anything else Bolt cannot take
+            return self._refuse(400, "the body could not be read")
         self._arrived()
-        raw = await request.text()
-        headers = dict(request.headers)
-        if self._is_our_command(raw, request) and self._signed(raw, request):
-            self._spawn(self._dispatch_later(raw, request.query_string, headers), "dispatch", urgent=True)
-            return web.Response(status=200)
-        bolt_request = AsyncBoltRequest(body=raw, query=request.query_string, headers=headers)
         return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
 
-    def _is_our_command(self, raw: str, request: web.Request) -> bool:
-        if request.content_type != "application/x-www-form-urlencoded" or "payload=" in raw:
-            return False
-        return f"&command={quote(self.command, safe='')}&" in f"&{raw}&"
-
-    def _signed(self, raw: str, request: web.Request) -> bool:
-        try:
-            return self._verifier is not None and self._verifier.is_valid(
-                body=raw,
-                timestamp=request.headers.get("X-Slack-Request-Timestamp"),
-                signature=request.headers.get("X-Slack-Signature"),
-            )
-        except (TypeError, ValueError):
-            return False
-
-    async def _dispatch_later(self, raw: str, query: str, headers: dict[str, str]) -> None:
-        await self._after_burst()
-        response = await self.app.async_dispatch(AsyncBoltRequest(body=raw, query=query, headers=headers))
-        if response.status != 200:
-            log.warning("Bolt refused an already acknowledged command (HTTP %s)", response.status)
+    def _refuse(self, status: int, reason: str) -> web.Response:
+        log.debug("refused a Slack request with HTTP %s: %s", status, reason)
+        if status == 401:
+            self._forged.note("refusing Slack requests with a bad or missing signature (check SLACK_SIGNING_SECRET)")
+        else:
+            self._unreadable.note("refusing signed Slack requests that cannot be read (%s)", reason)
+        return web.json_response({"error": reason}, status=status)
 
     def _spawn(self, work: Coroutine[Any, Any, None], what: str, *, urgent: bool = False) -> None:
         task = asyncio.create_task(self._guarded(work, what, urgent), name=f"reelbot-slack-{what}")
@@ -449,6 +480,7 @@ class SlackAdapter:
         actions: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Says something only ``user_id`` sees: via the response URL, else ephemerally, else by DM."""
+        raw, text = text, blocks.slack_text(text, private=True)
         rendered = blocks.reply_blocks(text, actions) if actions else None
         if response_url:
             try:
@@ -470,7 +502,7 @@ class SlackAdapter:
             except Exception as exc:
                 log.info("ephemeral reply failed (%s); sending a DM", slack_error_code(exc) or type(exc).__name__)
         try:
-            await self.delivery.direct_message(self.team_id or "", user_id, text, actions)
+            await self.delivery.direct_message(self.team_id or "", user_id, raw, actions)
         except Exception as exc:
             log.warning("could not answer a user at all: %s", getattr(exc, "user_message", type(exc).__name__))
 
@@ -518,8 +550,15 @@ class SlackAdapter:
         file_input: bool = True,
         image_note: str | None = None,
     ) -> None:
+        names = self.bot.providers.names
+        default = self.bot.catalog.default_for(names)
         view = blocks.video_modal(
-            self.bot.policy.rules, context, prompt=prompt, file_input=file_input, image_note=image_note
+            self.bot.catalog.enabled(names),
+            context,
+            default_model=default.name if default is not None else None,
+            prompt=prompt,
+            file_input=file_input,
+            image_note=image_note,
         )
         try:
             await self.client.views_open(trigger_id=trigger_id, view=view)
@@ -628,7 +667,7 @@ class SlackAdapter:
         images = [f for f in files if _is_image(f)]
         note = None
         if images:
-            note = f"The clip starts from the picture *{blocks.escape(str(images[0].get('name') or 'image'))}*."
+            note = f"The clip starts from the picture *{blocks.slack_text(str(images[0].get('name') or 'image'))}*."
             if len(images) > 1:
                 note += " (The message has several; I use the first.)"
         elif files:
@@ -657,18 +696,14 @@ class SlackAdapter:
             value = values.get(block_id)
             if isinstance(value, str) and value:
                 flags.append(f"--{block_id} {value}")
+        sound = values.get(blocks.AUDIO_BLOCK)
+        if sound in ("on", "off"):
+            flags.append("--audio" if sound == "on" else "--silent")
         return " ".join([prompt, *flags])
 
     @staticmethod
     def _error_block(message: str) -> str:
-        lowered = message.lower()
-        if "--seconds" in lowered:
-            return blocks.SECONDS_BLOCK
-        if "size" in lowered:
-            return blocks.SIZE_BLOCK
-        if "--model" in lowered:
-            return blocks.MODEL_BLOCK
-        return blocks.PROMPT_BLOCK
+        return blocks.error_block(message)
 
     async def _video_view(self, body: dict, view: dict, values: dict[str, object], text: str) -> None:
         user = body.get("user") or {}
@@ -708,28 +743,22 @@ class SlackAdapter:
         action_id = action.get("action_id")
         try:
             requester = await self.requester(team_id, user_id)
-            if action_id == blocks.CANCEL:
-                reply = await self.bot.cancel(requester, job_id)
-            elif action_id == blocks.RETRY:
-                reply = await self.bot.retry_delivery(requester, job_id)
-            elif action_id == blocks.REROLL:
-                key = f"slack:action:{body.get('trigger_id') or action.get('action_ts')}"
-                reply = await self.bot.reroll(requester, job_id, request_key=key)
-            else:
+            if action_id == blocks.REMIX:
                 reply = await self._open_remix_form(body, requester, job_id)
                 if reply is None:
                     return
+            else:
+                key = f"slack:action:{body.get('trigger_id') or action.get('action_ts')}"
+                reply = await self.bot.press(requester, str(action_id).removeprefix("reelbot_"), job_id, key)
         except Exception:
             log.exception("a Slack button failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, **where)
 
     async def _open_remix_form(self, body: dict, requester: Requester, job_id: str) -> Reply | None:
-        job = await self.bot.store.get_job(job_id)
-        if job is None or job.platform != self.platform:
-            return Reply(f"There is no job {job_id[:40]} here.", ok=False)
-        if job.state is not JobState.DELIVERED or not job.provider_video_id:
-            return Reply(f"Only a delivered clip can be remixed; job {job.id} is {job.state.value}.", ok=False)
+        job = await self.bot.remix_target(requester, job_id)
+        if isinstance(job, Reply):
+            return job
         context = blocks.ModalContext(channel_id=job.channel_id, thread_ts=job.thread_id or job.card_ref, job_id=job.id)
         settings = f"{job.options.model} · {job.options.size} · {job.options.seconds} s"
         try:
@@ -747,32 +776,30 @@ class SlackAdapter:
         where = {"channel_id": context.channel_id or None, "thread_ts": context.thread_ts}
         try:
             requester = await self.requester(team_id, user_id)
-            reply = await self.bot.remix(
+            reply = await self.bot.press(
                 requester,
+                "remix",
                 context.job_id or "",
-                blocks.literal_prompt(prompt),
-                request_key=f"slack:view:{view.get('id')}",
+                f"slack:view:{view.get('id')}",
+                text=blocks.literal_prompt(prompt),
             )
         except Exception:
             log.exception("a Slack remix failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, **where)
 
     async def _cameo_button(self, body: dict, action: dict) -> None:
         team_id, user_id = self._who(body)
         channel_id = str((body.get("channel") or {}).get("id") or "") or None
         where = {"channel_id": channel_id, "response_url": body.get("response_url")}
-        action_id = str(action.get("action_id") or "")
-        cameos = getattr(self.bot, "cameos", None)
-        press = getattr(cameos, "press", None)
+        name, _, argument = str(action.get("action_id") or "").partition(":")
         try:
-            if press is None:
-                reply = Reply("Cameos are not available on this bot.", ok=False)
-            else:
-                reply = await press(await self.requester(team_id, user_id), action_id)
+            requester = await self.requester(team_id, user_id)
+            key = f"slack:action:{body.get('trigger_id') or action.get('action_ts')}"
+            reply = await self.bot.press(requester, name, argument, key)
         except Exception:
             log.exception("a Slack cameo button failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, **where)
 
 

@@ -8,10 +8,13 @@ in-memory state.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.commands import DEFAULT_MODEL, DEFAULT_SECONDS, DEFAULT_SIZE, MODELS, CommandRules
+from bot.catalog import ASPECT_WORDS, SIZES, ModelInfo
 from bot.delivery import CardView
+from bot.money import format_usd
 
 # Action and callback ids. Buttons keep working after a restart because these never change.
 CANCEL = "reelbot_cancel"
@@ -25,6 +28,7 @@ SHORTCUT = "reelbot_make_video"
 
 # Block and action ids inside the modals.
 PROMPT_BLOCK, MODEL_BLOCK, SIZE_BLOCK, SECONDS_BLOCK, IMAGE_BLOCK = "prompt", "model", "size", "seconds", "image"
+AUDIO_BLOCK = "audio"
 VALUE = "value"
 
 MAX_TEXT = 3000  # Slack's limit for a section's text and for a plain_text_input
@@ -34,6 +38,43 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
 def escape(text: str) -> str:
     """Escapes what a person typed so Slack shows it literally (no pings, no fake links)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_ESCAPED_MENTION = re.compile(r"&lt;@([A-Za-z0-9_]{1,40})&gt;")
+_MENTION_TOKEN = re.compile(r"<@[A-Za-z0-9_]{1,40}>")
+_MENTIONED = re.compile(r"<@([A-Za-z0-9_]{1,40})>")
+
+
+def slack_text(text: str, *, people: Iterable[str] = (), private: bool = False) -> str:
+    """The one way text from the core reaches Slack (messages, fallbacks, comments, titles, replies).
+
+    The core's sentences mix reelbot's words with what people typed (prompts, names, reasons,
+    forbidden words, file names) and cannot tell them apart, so the whole string is escaped with
+    Slack's rules (``&``, ``<``, ``>``): ``<!channel>``, ``<!here>``, ``<!subteam^…>``, ``<@U…>`` and
+    masked links like ``<https://evil|Sign in>`` show as typed and do nothing. reelbot's own markup
+    (``*bold*``, `` `code` ``) survives, since Slack needs no escape for it.
+
+    The one piece of Slack markup the core writes itself is a user mention (``<@U…>``), naming the
+    person a message is about before it quotes what they typed. In a channel or thread a mention
+    notifies, so only the first mention of each id in ``people`` (the job's requester) is turned
+    back into one. In a ``private`` message (ephemeral, or a direct message: one reader) a user
+    mention notifies nobody else, so every one shows as the person's name rather than an id; group
+    pings and links stay inert there too.
+    """
+    escaped = escape(text)
+    if private:
+        return _ESCAPED_MENTION.sub(lambda m: f"<@{m.group(1)}>", escaped)
+    pending = {person for person in people if person}
+    if not pending:
+        return escaped
+
+    def restore(match: re.Match[str]) -> str:
+        if match.group(1) in pending:
+            pending.discard(match.group(1))
+            return f"<@{match.group(1)}>"
+        return match.group(0)
+
+    return _ESCAPED_MENTION.sub(restore, escaped)
 
 
 def _plain(text: str, limit: int = 75) -> dict:
@@ -80,27 +121,27 @@ def _job_button(action: str, job_id: str) -> dict:
 
 def card_text(card: CardView) -> str:
     """The notification/fallback text of a card (what screen readers and notifications show)."""
-    return _clip(f"{card.title}: {card.status}", 300)
+    return _clip(slack_text(f"{card.title}: {card.status}"), 300)
+
+
+def _requester(card: CardView) -> str:
+    """The Slack adapter names people as ``<@U…>``: that one token stays a mention, anything else is text."""
+    return card.requester if _MENTION_TOKEN.fullmatch(card.requester) else slack_text(card.requester)
 
 
 def card_blocks(card: CardView) -> list[dict]:
     """The job card: prompt, settings, cost, requester, status (with a bar while rendering), buttons."""
-    status = card.status
+    status = slack_text(card.status, people=_MENTIONED.findall(card.requester))
     if card.state == "rendering":
         status = f"{progress_bar(card.progress)} {status}"
+    meta = f"{slack_text(card.settings)} · {slack_text(card.cost)} · asked by {_requester(card)}"
     blocks: list[dict] = [
         {
             "type": "section",
             "block_id": "card_head",
-            "text": {"type": "mrkdwn", "text": _clip(f"*{card.title}*\n>{escape(card.prompt)}")},
+            "text": {"type": "mrkdwn", "text": _clip(f"*{slack_text(card.title)}*\n>{slack_text(card.prompt)}")},
         },
-        {
-            "type": "context",
-            "block_id": "card_meta",
-            "elements": [
-                {"type": "mrkdwn", "text": _clip(f"{card.settings} · {card.cost} · asked by {card.requester}")}
-            ],
-        },
+        {"type": "context", "block_id": "card_meta", "elements": [{"type": "mrkdwn", "text": _clip(meta)}]},
         {"type": "section", "block_id": "card_status", "text": {"type": "mrkdwn", "text": _clip(f"*{status}*")}},
     ]
     buttons = [_job_button(action, card.job_id) for action in card.actions if action in JOB_ACTIONS]
@@ -110,7 +151,9 @@ def card_blocks(card: CardView) -> list[dict]:
 
 
 def reply_blocks(text: str, actions: tuple[tuple[str, str], ...]) -> list[dict]:
-    """A message with buttons ``(action_id, label)``; the action id is also the button's value."""
+    """A message with buttons ``(action_id, label)``; the action id is also the button's value.
+
+    ``text`` is mrkdwn already made safe with ``slack_text``."""
     blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}]
     if actions:
         elements = [button(action_id[:255], label, action_id) for action_id, label in actions[:25]]
@@ -188,27 +231,55 @@ def _prompt_input(initial: str, *, label: str = "What should the clip show?", hi
     return block
 
 
+def _optional_select(block_id: str, label: str, options: list[dict], hint: str) -> dict:
+    """A select left empty by default: empty means "the model's default"."""
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": True,
+        "label": _plain(label),
+        "hint": _plain(hint, 2000),
+        "element": {"type": "static_select", "action_id": VALUE, "options": options[:100]},
+    }
+
+
+def _size_label(size: str) -> str:
+    aspect, resolution = next(key for key, value in SIZES.items() if value == size)
+    return f"{size} ({ASPECT_WORDS[aspect]}, {resolution})"
+
+
 def video_modal(
-    rules: CommandRules,
+    models: tuple[ModelInfo, ...],
     context: ModalContext,
     *,
+    default_model: str | None = None,
     prompt: str = "",
     file_input: bool = True,
     image_note: str | None = None,
 ) -> dict:
-    """The request form: prompt, model, size, seconds and (from ``/video``) an image upload."""
-    models = [_option("sora-2", "sora-2 ($0.10/s)"), _option("sora-2-pro", "sora-2-pro (from $0.30/s)")]
-    models = [m for m in models if m["value"] in MODELS]
-    sizes = [
-        _option(s, f"{s} ({'portrait' if int(s.split('x')[1]) > int(s.split('x')[0]) else 'landscape'})")
-        for s in rules.sizes("sora-2-pro")
-    ]
-    seconds = [_option(str(s), f"{s} seconds") for s in rules.seconds]
-    blocks: list[dict] = [
-        _prompt_input(prompt),
-        _select(MODEL_BLOCK, "Model", models, DEFAULT_MODEL),
-        _select(SIZE_BLOCK, "Size", sizes, DEFAULT_SIZE),
-        _select(SECONDS_BLOCK, "Length", seconds, str(DEFAULT_SECONDS)),
+    """The request form: prompt, model, size, length, sound and (from ``/video``) an image upload.
+
+    ``models`` are the catalog's models a configured provider serves; size, length and sound are left
+    empty (the model's defaults) and the core checks whatever is chosen against the chosen model.
+    """
+
+    def model_label(model: ModelInfo) -> str:
+        cheapest = model.cheapest_per_second()
+        return f"{model.name} (from {format_usd(cheapest)}/s)" if cheapest is not None else model.name
+
+    model_options = [_option(m.name, model_label(m)) for m in models[:100]]
+    sizes = list(dict.fromkeys(size for m in models for size in m.sizes()))
+    size_options = [_option(size, _size_label(size)) for size in sorted(sizes, key=lambda v: (len(v), v))]
+    second_options = [_option(str(n), f"{n} seconds") for n in sorted({n for m in models for n in m.durations})]
+    sound_options = [_option("on", "With sound"), _option("off", "Silent (cheaper, where the model allows)")]
+    blocks: list[dict] = [_prompt_input(prompt)]
+    if model_options:
+        initial = default_model or model_options[0]["value"]
+        blocks.append(_select(MODEL_BLOCK, "Model", model_options, initial))
+    blocks += [
+        _optional_select(SIZE_BLOCK, "Size", size_options, "Empty: the model's default (landscape, 720p)."),
+        _optional_select(SECONDS_BLOCK, "Length", second_options, "Empty: the model's shortest length."),
+        _optional_select(AUDIO_BLOCK, "Sound", sound_options, "Empty: the model's default (with sound)."),
     ]
     if file_input:
         blocks.append(
@@ -229,8 +300,8 @@ def video_modal(
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": "sora-2 takes 1280x720 or 720x1280; larger sizes need sora-2-pro. "
-                    "The price is charged to your budget once the clip is made.",
+                    "text": "Each model takes its own sizes and lengths; `/video models` compares them and "
+                    "`/video help MODEL` shows one. The price is charged to your budget once the clip is made.",
                 }
             ],
         }
@@ -291,3 +362,27 @@ def view_values(view: dict) -> dict[str, object]:
         else:
             out[block_id] = element.get("value")
     return out
+
+
+# Which form field a refusal is about, read from the sentence (the parser's and the catalog's, e.g.
+# "sora-2 takes 4, 8 or 12 seconds (got 7)."), first match wins. A model that does not exist comes
+# first; a size refusal may name other models ("Models that make 1920x1080: ..."), so size comes
+# before the model fallback.
+_FIELD_OF_ERROR: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^tell me what to film\b|^the prompt\b"), PROMPT_BLOCK),
+    (re.compile(r"^there is no model\b|\bis not available here\b|^--model\b|^no video model\b"), MODEL_BLOCK),
+    (re.compile(r"\bseconds?\b"), SECONDS_BLOCK),
+    (re.compile(r"\bsizes?\b|\baspect\b|\bresolution\b|\b\d+:\d+\b|\b\d+p\b|\b\d+x\d+\b"), SIZE_BLOCK),
+    (re.compile(r"\bsound\b|\bsilent\b|--audio\b"), AUDIO_BLOCK),
+    (re.compile(r"\bmodels?\b"), MODEL_BLOCK),
+)
+
+
+def error_block(message: str) -> str:
+    """The block id of the form field a refusal of the request form belongs next to (the prompt when
+    no field is named)."""
+    lowered = message.lower().split("usage:", 1)[0]  # a usage line names every flag; the sentence before it counts
+    for pattern, block_id in _FIELD_OF_ERROR:
+        if pattern.search(lowered):
+            return block_id
+    return PROMPT_BLOCK

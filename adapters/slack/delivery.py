@@ -15,7 +15,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.blocks import card_blocks, card_text, reply_blocks
+from adapters.slack.blocks import card_blocks, card_text, reply_blocks, slack_text
 from bot import texts
 from bot.delivery import CardView, DeliveryError
 from bot.jobs import Job
@@ -163,8 +163,8 @@ class SlackDelivery:
                 thread_ts=self.thread_of(job),
                 file=str(clip),
                 filename=self.clip_name(job),
-                title=f"{texts.short_prompt(job.prompt, 60)} ({texts.AI_LABEL})",
-                initial_comment=caption,
+                title=slack_text(f"{texts.short_prompt(job.prompt, 60)} ({texts.AI_LABEL})"),
+                initial_comment=slack_text(caption, people=(job.user_id,)),
             )
         except _TRANSPORT_ERRORS as exc:
             log.warning("uploading the clip of job %s failed: %s", job.id, slack_error_code(exc) or type(exc).__name__)
@@ -210,7 +210,7 @@ class SlackDelivery:
             await self.client.chat_postMessage(
                 channel=job.channel_id,
                 thread_ts=self.thread_of(job),
-                text=f"<@{job.user_id}> {text}",
+                text=f"<@{job.user_id}> {slack_text(text, people=(job.user_id,))}",
                 unfurl_links=False,
             )
             return
@@ -220,7 +220,10 @@ class SlackDelivery:
                 raise delivery_error(exc, "post a message") from None
         try:
             await self.client.chat_postEphemeral(
-                channel=job.channel_id, user=job.user_id, text=text, thread_ts=self.thread_of(job)
+                channel=job.channel_id,
+                user=job.user_id,
+                text=slack_text(text, private=True),
+                thread_ts=self.thread_of(job),
             )
             return
         except _TRANSPORT_ERRORS:
@@ -247,10 +250,11 @@ class SlackDelivery:
         try:
             opened = await self.client.conversations_open(users=user_id)
             channel = opened["channel"]["id"]
+            safe = slack_text(text, private=True)
             response = await self.client.chat_postMessage(
                 channel=channel,
-                text=text,
-                blocks=reply_blocks(text, actions) if actions else None,
+                text=safe,
+                blocks=reply_blocks(safe, actions) if actions else None,
                 unfurl_links=False,
             )
         except _TRANSPORT_ERRORS as exc:

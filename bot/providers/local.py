@@ -4,7 +4,8 @@
 so the whole bot can run and be tested end to end without a key. Each clip is a real H.264
 (yuv420p) + AAC MP4 of exactly the asked size and length that shows the prompt, the model, size
 and length, and an "AI-generated (local preview)" label over a gradient or the reference image,
-with a light sweep and a progress bar moving, and a soft chord progression as sound.
+with a light sweep and a progress bar moving, and a soft chord progression as sound (no sound track at all
+when ``spec.audio`` is False: the local renderer stands in for silent models too).
 
 Crash safety: ``create`` writes a sidecar ``<id>.json`` (and ``<id>.ref`` with the reference
 bytes) before it answers; the clip is rendered into ``<id>.part.mp4``, fsynced and atomically
@@ -255,7 +256,7 @@ def compose_still(spec: RenderSpec, *, remix_of: str | None = None) -> _Still:
 
     inner = round(unit * 0.035)
     meta_font = _font(max(10, round(unit * 0.034)))
-    meta = f"{spec.model} · {width}x{height} · {spec.seconds} s"
+    meta = f"{spec.model} · {width}x{height} · {spec.seconds} s" + (" · silent" if spec.audio is False else "")
     if remix_of:
         meta += f" · remix of {remix_of}"
     meta_gap = round(meta_font.size * 0.8)
@@ -391,7 +392,8 @@ def render_clip(
     band = max(8, round(width * _SWEEP_WIDTH))
     profile = (np.sin(np.linspace(0, np.pi, band)) ** 2 * 28).astype(np.uint8)
     ceiling = 255 - profile
-    audio = soundtrack(spec.seconds)
+    # A silent model's clip has no sound track at all; None (the model decides) means sound.
+    audio = soundtrack(spec.seconds) if spec.audio is not False else None
 
     with av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
         video = out.add_stream("libx264", rate=fps)
@@ -402,9 +404,11 @@ def render_clip(
         video.codec_context.color_trc = 1
         video.codec_context.color_range = 1  # limited ("tv") range
         video.options = {"preset": X264_PRESET, "crf": "23", "g": str(fps * 2)}
-        sound = out.add_stream("aac", rate=SAMPLE_RATE)
-        sound.layout = "stereo"
-        sound.bit_rate = 128_000
+        sound = None
+        if audio is not None:
+            sound = out.add_stream("aac", rate=SAMPLE_RATE)
+            sound.layout = "stereo"
+            sound.bit_rate = 128_000
         time_base = Fraction(1, fps)
         for i in range(total):
             if stop is not None and stop.is_set():
@@ -428,7 +432,7 @@ def render_clip(
             frame.pts, frame.time_base = i, time_base
             out.mux(video.encode(frame))
             a0, a1 = round(i * SAMPLE_RATE / fps), round((i + 1) * SAMPLE_RATE / fps)
-            if a1 > a0:
+            if sound is not None and audio is not None and a1 > a0:
                 chunk = av.AudioFrame.from_ndarray(
                     np.ascontiguousarray(audio[:, a0:a1]), format="fltp", layout="stereo"
                 )
@@ -443,7 +447,8 @@ def render_clip(
                 if wait > 0 and stop is None:
                     time.sleep(wait)
         out.mux(video.encode(None))
-        out.mux(sound.encode(None))
+        if sound is not None:
+            out.mux(sound.encode(None))
 
 
 # --------------------------------------------------------------------------- the provider
@@ -529,6 +534,7 @@ class LocalRenderer:
             "model": spec.model,
             "size": spec.size,
             "seconds": spec.seconds,
+            "audio": spec.audio,
             "fps": self.fps,
             "remix_of": remix_of,
             "reference": reference,
@@ -560,6 +566,7 @@ class LocalRenderer:
                 size=doc["size"],
                 seconds=int(doc["seconds"]),
                 reference=reference,
+                audio=doc.get("audio"),
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProviderError(ErrorKind.SERVER, f"unreadable sidecar for {video_id}: {exc!r}") from exc
@@ -798,7 +805,7 @@ class LocalRenderer:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
     tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as handle:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:  # owner-only
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

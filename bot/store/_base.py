@@ -21,6 +21,28 @@ class StoreError(RuntimeError):
     pass
 
 
+class NoSuchJob(StoreError):
+    """The job id names no row."""
+
+
+class IllegalTransition(StoreError):
+    """A state change the transition table (``bot.jobs.MOVES``) or the caller's ``expect`` does not allow.
+
+    Attributes:
+        job: the job as stored when the move was refused (its real state).
+        target: the state the caller asked for.
+    """
+
+    def __init__(self, message: str, *, job: Any, target: Any) -> None:
+        super().__init__(message)
+        self.job = job
+        self.target = target
+
+
+class StopRequested(IllegalTransition):
+    """A forward move of a job whose cancellation (or refusal) was asked for: it may only end now."""
+
+
 class Database:
     """One aiosqlite connection, the lock that serialises its transactions, and the migrations."""
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from bot.jobs import Job, JobState
+from bot.store._base import StoreError
 from bot.store.jobs import _row_to_job
 
 if TYPE_CHECKING:
@@ -28,6 +30,13 @@ class Cameo:
     asset_hash: str | None
     asset_kind: str | None
     likeness_path: str | None
+    # The face embedding of the likeness (float32 bytes), for refusing the same face to another owner.
+    embedding: bytes | None = None
+    embedding_model: str | None = None
+    # Who vouched that the cameo shows the person who registered it: ``admin:<key>``, ``profile``
+    # (it matched their platform profile photo) or ``not_required`` (verification was off).
+    verified_by: str | None = None
+    verified_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +86,22 @@ class CameoStore:
         )
         return _cameo(row) if row else None
 
-    async def save(self, cameo: Cameo, *, actor_key: str, action: str, detail: str = "") -> None:
-        """Inserts or replaces the cameo row and appends an audit event, in one transaction."""
+    async def save(
+        self, cameo: Cameo, *, actor_key: str, action: str, detail: str = "", files: Iterable[str] = ()
+    ) -> None:
+        """Inserts or replaces the cameo row, lists its new ``files`` and appends an audit event, in one transaction."""
         now = self._s._clock()
         async with self._s._tx():
             await self._s._db.execute(
                 "INSERT INTO cameos (owner_key, platform, workspace_id, user_id, display_name, status, audience, "
-                "asset_path, asset_hash, asset_kind, likeness_path, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner_key) DO UPDATE SET "
+                "asset_path, asset_hash, asset_kind, likeness_path, embedding, embedding_model, verified_by, "
+                "verified_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner_key) DO UPDATE SET "
                 "display_name = excluded.display_name, status = excluded.status, audience = excluded.audience, "
                 "asset_path = excluded.asset_path, asset_hash = excluded.asset_hash, "
                 "asset_kind = excluded.asset_kind, likeness_path = excluded.likeness_path, "
+                "embedding = excluded.embedding, embedding_model = excluded.embedding_model, "
+                "verified_by = excluded.verified_by, verified_at = excluded.verified_at, "
                 "updated_at = excluded.updated_at",
                 (
                     cameo.owner_key,
@@ -101,11 +115,40 @@ class CameoStore:
                     cameo.asset_hash,
                     cameo.asset_kind,
                     cameo.likeness_path,
+                    cameo.embedding,
+                    cameo.embedding_model,
+                    cameo.verified_by,
+                    cameo.verified_at,
                     now,
                     now,
                 ),
             )
+            for path in files:
+                await self._s._db.execute(
+                    "INSERT OR IGNORE INTO cameo_files (owner_key, path, created_at) VALUES (?, ?, ?)",
+                    (cameo.owner_key, path, now),
+                )
             await self._append(cameo.owner_key, actor_key, action, None, detail, now)
+
+    async def files(self, owner_key: str) -> list[str]:
+        """Every file any registration of this owner wrote that is not known to be deleted."""
+        rows = await self._s._read_all("SELECT path FROM cameo_files WHERE owner_key = ? ORDER BY id", (owner_key,))
+        return [r[0] for r in rows]
+
+    async def forget_files(self, owner_key: str, paths: Iterable[str]) -> None:
+        """Drops the rows of files that were deleted."""
+        async with self._s._tx():
+            for path in paths:
+                await self._s._db.execute("DELETE FROM cameo_files WHERE owner_key = ? AND path = ?", (owner_key, path))
+
+    async def registered_faces(self, *, other_than: str, model: str) -> list[tuple[str, bytes]]:
+        """``(owner_key, embedding)`` of every active cameo but ``other_than``'s, in ``model``'s space."""
+        rows = await self._s._read_all(
+            "SELECT owner_key, embedding FROM cameos WHERE status = 'active' AND embedding IS NOT NULL "
+            "AND embedding_model = ? AND owner_key != ?",
+            (model, other_than),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def _append(
         self, owner_key: str, actor_key: str, action: str, job_id: str | None, detail: str, now: float
@@ -179,28 +222,52 @@ class CameoStore:
         rows = await self._s._read_all("SELECT word FROM cameo_forbidden WHERE owner_key = ? ORDER BY 1", (owner_key,))
         return [r[0] for r in rows]
 
-    async def add_request(self, request: ConsentRequest) -> None:
-        async with self._s._tx():
-            await self._s._db.execute(
-                "INSERT INTO consent_requests (id, owner_key, requester_key, job_id, status, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (
-                    request.id,
-                    request.owner_key,
-                    request.requester_key,
-                    request.job_id,
-                    request.created_at,
-                    request.expires_at,
-                ),
-            )
-            await self._append(
-                request.owner_key,
-                request.requester_key,
-                "consent_requested",
-                request.job_id,
-                request.id,
-                request.created_at,
-            )
+    async def hold(
+        self,
+        job_id: str,
+        *,
+        owner_key: str,
+        requester_key: str,
+        timeout_s: float,
+        new_id: Callable[[], str],
+        tries: int = 5,
+    ) -> tuple[Job, ConsentRequest]:
+        """Moves the job to ``pending_consent`` and writes its consent request in one transaction.
+
+        A request id that is already taken (ids are random) rolls the whole transaction back and
+        the hold is tried again with a fresh id, so a job is never left waiting without a request.
+        """
+        for _ in range(tries):
+            now = self._s._clock()
+            request = ConsentRequest(new_id(), owner_key, requester_key, job_id, "pending", now, now + timeout_s)
+
+            def insert(conn: sqlite3.Connection, job: Job, request: ConsentRequest = request) -> None:
+                _insert_request(conn, request)
+
+            try:
+                job = await self._s.transition(
+                    job_id, JobState.PENDING_CONSENT, expect=[JobState.RECEIVED], also=insert
+                )
+            except Exception as exc:
+                if _is_request_id_collision(exc):
+                    continue
+                raise
+            return job, request
+        raise StoreError(f"no free consent request id after {tries} tries")
+
+    async def stale_holds(self, *, created_before: float) -> list[tuple[Job, str | None]]:
+        """Jobs in ``pending_consent`` with no pending request, older than ``created_before``.
+
+        Each comes with its request's status (None when it has none): a crash between an approval
+        and the admission leaves ``approved``; a database from before the one-transaction hold may
+        have a job without any request.
+        """
+        rows = await self._s._read_all(
+            "SELECT j.*, c.status AS consent_status FROM jobs j LEFT JOIN consent_requests c ON c.job_id = j.id "
+            "WHERE j.state = 'pending_consent' AND j.created_at < ? AND (c.status IS NULL OR c.status != 'pending')",
+            (created_before,),
+        )
+        return [(_row_to_job(r), r["consent_status"]) for r in rows]
 
     async def get_request(self, request_id: str) -> ConsentRequest | None:
         row = await self._s._read_one("SELECT * FROM consent_requests WHERE id = ?", (request_id,))
@@ -244,3 +311,23 @@ class CameoStore:
             (owner_key, *values),
         )
         return [_row_to_job(r) for r in rows]
+
+
+def _insert_request(conn: sqlite3.Connection, request: ConsentRequest) -> None:
+    conn.execute(
+        "INSERT INTO consent_requests (id, owner_key, requester_key, job_id, status, created_at, expires_at) "
+        "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        (request.id, request.owner_key, request.requester_key, request.job_id, request.created_at, request.expires_at),
+    )
+    conn.execute(
+        "INSERT INTO cameo_audit (at, owner_key, actor_key, action, job_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (request.created_at, request.owner_key, request.requester_key, "consent_requested", request.job_id, request.id),
+    )
+
+
+def _is_request_id_collision(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, sqlite3.IntegrityError) and "consent_requests.id" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

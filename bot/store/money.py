@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.jobs import FINAL_STATES, Job, JobState
+from bot.jobs import ADMITTING_STATES, FINAL_STATES, JobState
 from bot.store._base import Database, StoreError
-from bot.store.jobs import _USER_KEY_OF_J, _row_to_job
+from bot.store.jobs import _USER_KEY_OF_J, _row_to_job, move_in_tx
+
+log = logging.getLogger(__name__)
 
 # workspace default, else the configured fallback), this period's usage, and an earlier reserve.
 _ADMIT_READ = f"""
@@ -24,15 +26,6 @@ _ADMIT_READ = f"""
         EXISTS (SELECT 1 FROM ledger WHERE job_id = j.id AND kind = 'reserve') AS already_reserved
     FROM jobs j
     LEFT JOIN budget_usage u ON u.user_key = {_USER_KEY_OF_J} AND u.period = ?
-    WHERE j.id = ?
-"""
-# The job with its reserve row (if any) and whether it was already settled or released.
-_FINISH_READ = """
-    SELECT j.*,
-        r.user_key AS reserve_user_key, r.period AS reserve_period, r.amount_micros AS reserve_amount,
-        EXISTS (SELECT 1 FROM ledger WHERE job_id = j.id AND kind != 'reserve') AS already_closed
-    FROM jobs j
-    LEFT JOIN ledger r ON r.job_id = j.id AND r.kind = 'reserve'
     WHERE j.id = ?
 """
 
@@ -63,6 +56,33 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerMismatch:
+    """One disagreement between the ledger and what it should imply.
+
+    ``user_key``/``period`` name the budget row; for a job left with an open reservation after it
+    ended, ``job_id`` names the job. The amounts are what the ledger implies and what is stored.
+    """
+
+    user_key: str
+    period: str
+    what: str
+    ledger_micros: int
+    stored_micros: int
+    job_id: str | None = None
+
+    def line(self) -> str:
+        if self.job_id:
+            return (
+                f"ledger mismatch: job {self.job_id} of {self.user_key} in {self.period} has ended but its "
+                f"reservation of {self.stored_micros} micro-USD was never settled or released"
+            )
+        return (
+            f"ledger mismatch: {self.user_key} in {self.period}: {self.what} is {self.stored_micros} "
+            f"micro-USD but the ledger says {self.ledger_micros}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerTotals:
     reserved: int
     settled: int
@@ -84,10 +104,10 @@ def _admit_in_tx(
     job = _row_to_job(row)
     limit, spent, reserved = row["budget_limit"], row["budget_spent"], row["budget_reserved"]
     warned, already = bool(row["budget_warned"]), bool(row["already_reserved"])
-    if already or job.state not in (JobState.RECEIVED, JobState.PENDING_CONSENT):
+    if already or job.state not in ADMITTING_STATES:
         return Admission(already, Usage(spent, reserved, limit, warned))
     if spent + reserved + job.cost_micros > limit:
-        conn.execute("UPDATE jobs SET state = 'refused', error = 'budget', updated_at = ? WHERE id = ?", (now, job_id))
+        move_in_tx(conn, job_id, JobState.REFUSED, expect=ADMITTING_STATES, fields={"error": "budget"}, now=now)
         return Admission(False, Usage(spent, reserved, limit, warned))
     reserved += job.cost_micros
     warn = not warned and limit > 0 and (spent + reserved) * 5 >= limit * 4
@@ -97,43 +117,10 @@ def _admit_in_tx(
     )
     if warn:
         conn.execute("UPDATE budget_usage SET warned = 1 WHERE user_key = ? AND period = ?", (job.user_key, period))
-    conn.execute(
-        "UPDATE jobs SET state = ?, budget_period = ?, queued_at = ?, updated_at = ? WHERE id = ?",
-        (queued_state.value, period, now, now, job_id),
+    move_in_tx(
+        conn, job_id, queued_state, expect=ADMITTING_STATES, fields={"budget_period": period, "queued_at": now}, now=now
     )
     return Admission(True, Usage(spent, reserved, limit, warned or warn), warn=warn)
-
-
-def _finish_in_tx(
-    conn: sqlite3.Connection,
-    job_id: str,
-    state: JobState,
-    error: str | None,
-    delivered_ref: str | None,
-    expect: frozenset[JobState] | None,
-    now: float,
-) -> Job | None:
-    row = conn.execute(_FINISH_READ, (job_id,)).fetchone()
-    if row is None:
-        raise StoreError(f"no job {job_id}")
-    job = _row_to_job(row)
-    if job.state.is_final:
-        return job
-    if expect is not None and job.state not in expect:
-        return None
-    if row["reserve_amount"] is not None and not row["already_closed"]:
-        kind = "settle" if state is JobState.DELIVERED else "release"
-        conn.execute(  # the ledger_moves_usage trigger takes it off reserved (and onto spent when settled)
-            "INSERT INTO ledger (job_id, user_key, period, kind, amount_micros, at) VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, row["reserve_user_key"], row["reserve_period"], kind, row["reserve_amount"], now),
-        )
-    row = conn.execute(
-        "UPDATE jobs SET state = ?, error = COALESCE(?, error), delivered_ref = COALESCE(?, delivered_ref), "
-        "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE id = ? RETURNING *",
-        (state.value, error, delivered_ref, now, job_id),
-    ).fetchone()
-    assert row is not None
-    return _row_to_job(row)
 
 
 class MoneyStore(Database):
@@ -171,28 +158,6 @@ class MoneyStore(Database):
             _admit_in_tx, job_id, period, default_subject, fallback_limit, queued_state, self._clock()
         )
 
-    async def finish_job(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        error: str | None = None,
-        delivered_ref: str | None = None,
-        expect: Iterable[JobState] | None = None,
-    ) -> Job | None:
-        """Moves a job to a final state and settles or releases its reservation in one transaction.
-
-        ``delivered`` settles (the person pays); ``failed``, ``cancelled`` and ``refused`` release.
-        Idempotent: a job already final is left as it is and returned unchanged.
-
-        Returns:
-            The job as stored afterwards, or None when ``expect`` did not match.
-        """
-        if state not in FINAL_STATES:
-            raise ValueError(f"{state} is not final")
-        expected = None if expect is None else frozenset(expect)
-        return await self._run_tx(_finish_in_tx, job_id, state, error, delivered_ref, expected, self._clock())
-
     async def set_limit(self, subject: str, limit_micros: int, *, set_by: str) -> None:
         """Sets a budget limit for a user key, or for ``default:<platform>:<workspace>``."""
         async with self._tx():
@@ -225,3 +190,45 @@ class MoneyStore(Database):
     async def ledger_for(self, job_id: str) -> list[tuple[str, int]]:
         rows = await self._read_all("SELECT kind, amount_micros FROM ledger WHERE job_id = ? ORDER BY id", (job_id,))
         return [(r[0], r[1]) for r in rows]
+
+    async def check_ledger(self) -> list[LedgerMismatch]:
+        """Compares ``budget_usage`` with the ledger, and each ended job with its ledger rows.
+
+        Every difference is logged at ERROR, one line per user and period (or job), and returned
+        (``reelbot doctor`` shows them). An empty list means the books balance.
+        """
+        finals = [s.value for s in FINAL_STATES]
+        usage_rows = await self._read_all(
+            """
+            SELECT COALESCE(l.user_key, u.user_key) AS user_key, COALESCE(l.period, u.period) AS period,
+                COALESCE(l.reserved, 0) AS l_reserved, COALESCE(l.spent, 0) AS l_spent,
+                COALESCE(u.reserved_micros, 0) AS u_reserved, COALESCE(u.spent_micros, 0) AS u_spent
+            FROM (SELECT user_key, period,
+                    SUM(CASE kind WHEN 'reserve' THEN amount_micros ELSE -amount_micros END) AS reserved,
+                    SUM(CASE kind WHEN 'settle' THEN amount_micros ELSE 0 END) AS spent
+                  FROM ledger GROUP BY user_key, period) l
+            FULL OUTER JOIN budget_usage u ON u.user_key = l.user_key AND u.period = l.period
+            """
+        )
+        mismatches: list[LedgerMismatch] = []
+        for r in usage_rows:
+            if r["l_reserved"] != r["u_reserved"]:
+                mismatches.append(
+                    LedgerMismatch(r["user_key"], r["period"], "reserved", r["l_reserved"], r["u_reserved"])
+                )
+            if r["l_spent"] != r["u_spent"]:
+                mismatches.append(LedgerMismatch(r["user_key"], r["period"], "spent", r["l_spent"], r["u_spent"]))
+        open_rows = await self._read_all(
+            f"""
+            SELECT j.id, r.user_key, r.period, r.amount_micros FROM jobs j
+            JOIN ledger r ON r.job_id = j.id AND r.kind = 'reserve'
+            WHERE j.state IN ({", ".join("?" * len(finals))})
+              AND NOT EXISTS (SELECT 1 FROM ledger c WHERE c.job_id = j.id AND c.kind != 'reserve')
+            """,
+            finals,
+        )
+        for r in open_rows:
+            mismatches.append(LedgerMismatch(r[1], r[2], "the open reservation of an ended job", 0, r[3], job_id=r[0]))
+        for mismatch in mismatches:
+            log.error("%s", mismatch.line())
+        return mismatches

@@ -162,6 +162,53 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN seed INTEGER;
     ALTER TABLE jobs ADD COLUMN negative TEXT NOT NULL DEFAULT ''
     """,
+    # 6: the state machine's bookkeeping and append-only money and audit.
+    # ``attempts`` counts how often the step ``attempt_step`` was begun (a claim increments it, in
+    # the claiming transaction, so crashes survive restarts); ``not_before`` is the backoff after a
+    # crash; ``undelivered_at`` starts the undelivered lifetime; ``stop_to``/``stop_reason`` say how a
+    # job whose stop was asked for must end (cancelled or refused, and why).
+    """
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN attempt_step TEXT;
+    ALTER TABLE jobs ADD COLUMN not_before REAL;
+    ALTER TABLE jobs ADD COLUMN undelivered_at REAL;
+    ALTER TABLE jobs ADD COLUMN stop_to TEXT;
+    ALTER TABLE jobs ADD COLUMN stop_reason TEXT;
+    UPDATE jobs SET undelivered_at = updated_at WHERE state = 'undelivered';
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit is append-only'); END
+    """,
+    # 7: a cameo bound to its person. Every file of every registration is listed (per owner, never
+    # shared), so revocation can delete them all; the face embedding and who verified the cameo
+    # are kept with it (owner-only database) and cleared on revocation.
+    """
+    ALTER TABLE cameos ADD COLUMN embedding BLOB;
+    ALTER TABLE cameos ADD COLUMN embedding_model TEXT;
+    ALTER TABLE cameos ADD COLUMN verified_by TEXT;
+    ALTER TABLE cameos ADD COLUMN verified_at REAL;
+    CREATE TABLE cameo_files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner_key TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX cameo_files_by_owner ON cameo_files(owner_key);
+    INSERT OR IGNORE INTO cameo_files (owner_key, path, created_at)
+        SELECT owner_key, asset_path, updated_at FROM cameos WHERE asset_path IS NOT NULL;
+    INSERT OR IGNORE INTO cameo_files (owner_key, path, created_at)
+        SELECT owner_key, likeness_path, updated_at FROM cameos WHERE likeness_path IS NOT NULL;
+    CREATE INDEX jobs_by_cameo ON jobs(cameo, state)
+    """,
+    # 8: where a render waits in its provider's own queue (fal tells), shown on the card.
+    """
+    ALTER TABLE jobs ADD COLUMN provider_position INTEGER
+    """,
 )
 
 

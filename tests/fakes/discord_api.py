@@ -90,6 +90,7 @@ class FakeUser:
     id: int
     username: str
     bot: bool = False
+    avatar: str | None = None  # the avatar hash (``FakeDiscord.set_avatar``); None: Discord's default picture
 
     @property
     def mention(self) -> str:
@@ -101,7 +102,7 @@ class FakeUser:
             "username": self.username,
             "discriminator": "0",
             "global_name": self.username,
-            "avatar": None,
+            "avatar": self.avatar,
             "public_flags": 0,
         }
         if self.bot:
@@ -216,6 +217,10 @@ class FakeDiscord:
         self.syncs: list[tuple[str, list[dict[str, Any]]]] = []
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self.cdn_hits: list[tuple[str, dict[str, str]]] = []
+        self.avatars: dict[str, tuple[bytes, str]] = {}  # "{user id}/{hash}" -> bytes, content type
+        self.avatar_status: int | None = None  # the avatar route answers this status instead (failures)
+        self.avatar_redirect: str | None = None  # the avatar route redirects here (the host check)
+        self.user_lookups: list[int] = []  # GET /users/{id}
         self.requests: list[tuple[str, str]] = []
         self.dms: dict[int, int] = {}
         self.identifies = 0
@@ -257,6 +262,8 @@ class FakeDiscord:
         app.router.add_post(f"{api}/channels/{{cid}}/messages/{{mid}}/threads", self._start_thread)
         app.router.add_post(f"{api}/users/@me/channels", self._open_dm)
         app.router.add_get("/attachments/{path:.+}", self._cdn)
+        app.router.add_get(f"{api}/users/{{uid:[0-9]+}}", self._get_user)
+        app.router.add_get("/avatars/{uid}/{file}", self._avatar)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         # No access log: URLs of webhook routes carry interaction tokens.
@@ -362,6 +369,12 @@ class FakeDiscord:
         return FakeAttachment(filename, content_type, data, size, url)
 
     # --- queries for tests ------------------------------------------------------------------
+
+    def set_avatar(self, user: FakeUser, data: bytes, *, content_type: str = "image/png") -> str:
+        """Gives ``user`` an avatar (a new hash) whose bytes the CDN route ``/avatars/{id}/{hash}.png`` serves."""
+        user.avatar = secrets.token_hex(16)
+        self.avatars[f"{user.id}/{user.avatar}"] = (data, content_type)
+        return user.avatar
 
     def channel_messages(self, channel_id: int | str) -> list[dict[str, Any]]:
         return list(self.messages.get(int(channel_id), []))
@@ -1078,6 +1091,30 @@ class FakeDiscord:
             ]
         return _json(self.channels[self.dms[user_id]])
 
+    async def _get_user(self, request: web.Request) -> web.Response:
+        if (denied := self._bot_auth(request)) is not None:
+            return denied
+        uid = int(request.match_info["uid"])
+        self.user_lookups.append(uid)
+        for user in (self.bot, self.owner, self.alice, self.bob, self.admin):
+            if user.id == uid:
+                return _json(user.payload())
+        return _error(404, 10013, "Unknown User")
+
+    async def _avatar(self, request: web.Request) -> web.Response:
+        """``/avatars/{user id}/{hash}.png?size=N`` like Discord's CDN: no token wanted, any size asked."""
+        path = f"{request.match_info['uid']}/{request.match_info['file'].rsplit('.', 1)[0]}"
+        self.cdn_hits.append((f"avatars/{path}", dict(request.headers)))
+        if self.avatar_redirect is not None:
+            raise web.HTTPFound(self.avatar_redirect)
+        if self.avatar_status is not None:
+            return web.Response(status=self.avatar_status, text="unavailable")
+        found = self.avatars.get(path)
+        if found is None:
+            return web.Response(status=404, text="not found")
+        data, content_type = found
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
     async def _cdn(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         self.cdn_hits.append((path, dict(request.headers)))
@@ -1154,7 +1191,10 @@ class DiscordHarness:
             if job is not None and job.state.value in states:
                 return job
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"job {job_id} is {job.state.value if job else None}, not one of {states}")
+                raise AssertionError(
+                    f"job {job_id} is {job.state.value if job else None} ({job.error if job else None}), "
+                    f"not one of {states}"
+                )
             await asyncio.sleep(0.05)
 
 

@@ -167,6 +167,27 @@ def sample_mp4(*, audio: bool = True) -> bytes:
     return cached
 
 
+_SHAPED: dict[tuple[int, int, int, bool], bytes] = {}
+
+
+def shaped_mp4(body: Mapping[str, Any], *, audio: bool) -> bytes:
+    """A real H.264 MP4 of the asked ``duration``, ``aspect_ratio`` and ``resolution`` (cached per process)."""
+    seconds = int(body.get("duration") or 4)
+    short = int(str(body.get("resolution") or "720p").rstrip("pP") or 720)
+    across, _, down = str(body.get("aspect_ratio") or "16:9").partition(":")
+    w, h = int(across), int(down or 1)
+    width, height = (round(short * w / h), short) if w >= h else (short, round(short * h / w))
+    key = (width // 2 * 2, height // 2 * 2, seconds, audio)
+    with _MEDIA_LOCK:
+        cached = _SHAPED.get(key)
+        if cached is None:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "clip.mp4"
+                clip = make_clip(path, seconds=seconds, width=key[0], height=key[1], fps=8, audio=audio)
+                cached = _SHAPED[key] = clip.read_bytes()
+    return cached
+
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 
@@ -358,6 +379,8 @@ class FakeOpenRouter:
         workspace_callback_url: the default callback for jobs without ``callback_url``.
         webhook_attempts: deliveries per event until the receiver answers 2xx.
         require_https_callbacks: refuse non-HTTPS ``callback_url`` as the real API does.
+        shaped_clips: serve a clip of the asked duration, aspect ratio and resolution (as a real model
+            does; end-to-end tests probe it) instead of the small 1 s sample.
     """
 
     def __init__(
@@ -376,6 +399,7 @@ class FakeOpenRouter:
         workspace_callback_url: str | None = None,
         webhook_attempts: int = 3,
         require_https_callbacks: bool = False,
+        shaped_clips: bool = False,
         clock: Callable[[], float] = time.time,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -393,6 +417,7 @@ class FakeOpenRouter:
         self.workspace_callback_url = workspace_callback_url
         self.webhook_attempts = webhook_attempts
         self.require_https_callbacks = require_https_callbacks
+        self.shaped_clips = shaped_clips
         self.clock = clock
         self.host = host
         self.port = port
@@ -776,9 +801,12 @@ class FakeOpenRouter:
             raise _Invalid(410, "Video content is no longer available")
         if status != "completed":
             raise _Invalid(409, f"Video generation is not complete (status: {status})")
-        data = (
-            job.plan.content if job.plan.content is not None else await asyncio.to_thread(sample_mp4, audio=job.audio)
-        )
+        if job.plan.content is not None:
+            data = job.plan.content
+        elif self.shaped_clips:
+            data = await asyncio.to_thread(shaped_mp4, job.body, audio=job.audio)
+        else:
+            data = await asyncio.to_thread(sample_mp4, audio=job.audio)
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
         response.enable_chunked_encoding()  # as recorded: chunked, no Content-Length, Range ignored
         await response.prepare(request)

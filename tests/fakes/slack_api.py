@@ -140,6 +140,8 @@ class FakeSlack:
         self.outside: set[str] = set()  # channels the bot is not a member of
         self.files_read_scope = True  # False: private file URLs answer the HTML sign-in page
         self.redirect_files_to: str | None = None  # private file URLs redirect here (to test the host check)
+        # users.info ``profile`` picture URLs per user (``set_profile_photo``); absent: no ``profile`` in the answer.
+        self.profile_images: dict[str, dict[str, Any]] = {}
         self.socket_connections = 0
         self.replies_page_size = 1000  # conversations.replies pages are at most this long
         # Injected failures: method -> list of (error, http status, retry_after).
@@ -298,6 +300,25 @@ class FakeSlack:
         self.files[file_id] = obj
         self.file_bytes[file_id] = data
         return dict(obj)
+
+    def set_profile_photo(
+        self,
+        user: str,
+        data: bytes | None = None,
+        *,
+        url: str | None = None,
+        mimetype: str = "image/png",
+        custom: bool = True,
+        original: bool = False,
+    ) -> str:
+        """Gives ``user`` a profile picture: ``users.info`` answers ``profile.image_512`` (or only
+        ``image_original`` with ``original=True``) pointing at ``url``, or at the fake's own private
+        file route serving ``data``. ``custom=False`` marks Slack's generated default picture."""
+        if url is None:
+            url = self.add_file(data or b"", f"{user}_512.png", mimetype=mimetype, user=user)["url_private"]
+        field_name = "image_original" if original else "image_512"
+        self.profile_images[user] = {field_name: url, "is_custom_image": custom}
+        return url
 
     async def _private_file(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
@@ -494,6 +515,7 @@ class FakeSlack:
                 "is_admin": user in self.admins,
                 "is_owner": False,
                 "is_bot": False,
+                **({"profile": dict(self.profile_images[user])} if user in self.profile_images else {}),
             }
         }
 
@@ -967,6 +989,17 @@ class SlackBot:
                 return job
             await asyncio.sleep(0.02)
         raise AssertionError(f"job {job_id} never reached {states}; it is {job.state if job else None}")
+
+    async def wait_until(self, predicate: Callable[[], Any], *, within: float, what: str = "a condition") -> Any:
+        """Polls ``predicate`` until it is truthy (returned) or ``within`` seconds pass (AssertionError)."""
+        deadline = time.monotonic() + within
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {within} s waiting for {what}")
+            await asyncio.sleep(0.02)
 
     async def delivered(self, job_id: str, within: float = 20.0) -> Any:
         """Waits for pending requests, then until the job is final or undelivered."""
