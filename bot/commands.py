@@ -212,6 +212,8 @@ def clean_text(text: str) -> str:
         )
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t\r" for ch in text):
         raise CommandError("The text has control characters; please type the prompt as plain text.")
+    if any(unicodedata.category(ch) == "Cs" for ch in text):  # half of a character: nothing could store or send it
+        raise CommandError("The text has a broken character (half of an emoji or symbol); please type it again.")
     text = "".join(ch for ch in text if not _invisible(ch))
     text = unicodedata.normalize("NFC", text)
     if _open_quote(text):

@@ -33,13 +33,17 @@ MAX_RATE_LIMIT_WAIT_S = 30.0
 def may_fail_over(error: ProviderError, *, retries_left: bool) -> bool:
     """Whether a failed submission may go to the model's next provider.
 
+    An unreachable provider or one answering a 5xx that queued nothing loses the job to the next
+    provider at once; a rate limit with a short wait is waited out in place first.
+
     Args:
         error: what the provider said.
-        retries_left: whether the worker would still try this provider again; a passing
-            failure is retried in place first (a rate limit with a short wait, a 503 blip).
+        retries_left: whether the worker would still try this provider again.
     """
     if error.ambiguous or error.kind not in _MOVABLE:
         return False
+    if error.kind in (ErrorKind.UNAVAILABLE, ErrorKind.SERVER):
+        return True  # unreachable, or an ingress 5xx that queued nothing: the next provider now, not after retries
     if error.kind is ErrorKind.RATE_LIMITED and error.retry_after is not None:
         return error.retry_after > MAX_RATE_LIMIT_WAIT_S or not retries_left
     if error.retryable and retries_left:

@@ -274,3 +274,8 @@ def test_parser_on_flag_soup(words: list[str]) -> None:
         parse(" ".join(words))
     except CommandError:
         pass
+
+
+def test_a_lone_surrogate_is_refused_with_one_sentence() -> None:
+    with pytest.raises(CommandError, match="broken character"):
+        parse("a cat \ud83d playing piano")

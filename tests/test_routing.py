@@ -14,8 +14,9 @@ ROUTES = (Route("fal", "fal-ai/veo3.1/fast"), Route("openrouter", "google/veo-3.
     ("error", "retries_left", "moves"),
     [
         (ProviderError(ErrorKind.UNAVAILABLE, "refused", retryable=True), False, True),
-        (ProviderError(ErrorKind.UNAVAILABLE, "refused", retryable=True), True, False),
+        (ProviderError(ErrorKind.UNAVAILABLE, "refused", retryable=True), True, True),
         (ProviderError(ErrorKind.SERVER, "ingress 503, no request id", retryable=True), False, True),
+        (ProviderError(ErrorKind.SERVER, "ingress 503, no request id", retryable=True), True, True),
         (ProviderError(ErrorKind.SERVER, "500 with a request id", retryable=True, ambiguous=True), False, False),
         (ProviderError(ErrorKind.TIMEOUT, "read timeout after sending", retryable=True, ambiguous=True), False, False),
         (ProviderError(ErrorKind.QUOTA, "402 no credits"), True, True),
