@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 REELBOT = (sys.executable, "-m", "adapters.cli")
-_ENV_PREFIXES = ("REELBOT_", "OPENAI_", "SLACK_", "DISCORD_")
+_ENV_PREFIXES = ("REELBOT_", "OPENAI_", "SLACK_", "DISCORD_", "FAL_", "OPENROUTER_")
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
