@@ -283,7 +283,7 @@ async def serve(settings: Settings) -> int:
         print(NO_PLATFORM, file=sys.stderr)
         return 1
 
-    app = await build_app(settings)
+    app = await build_app(settings, webhooks=settings.public_url is not None)
     # Jobs queued from the terminal with --no-wait are rendered here too.
     app.bot.register(ConsoleDelivery(quiet=True))
     slack_http = settings.slack_configured and settings.slack_app_token is None

@@ -100,11 +100,17 @@ class App:
 
 
 async def build_app(
-    settings: Settings, *, provider: VideoProvider | None = None, providers: ProviderSet | None = None
+    settings: Settings,
+    *,
+    provider: VideoProvider | None = None,
+    providers: ProviderSet | None = None,
+    webhooks: bool = False,
 ) -> App:
     """Opens the store and wires the core. Call ``await app.worker.start()`` once deliveries are registered.
 
     ``provider``/``providers`` replace the ones configuration would build (tests point them at fakes).
+    ``webhooks``: this process listens at ``REELBOT_PUBLIC_URL`` (``reelbot serve``), so providers are asked to
+    call back there; a process that does not listen (the terminal) polls at the usual pace instead.
     """
     data_dir: Path = settings.data_dir
     try:
@@ -135,7 +141,7 @@ async def build_app(
         render_deadline_s=settings.render_deadline_s,
         max_attempts=settings.max_attempts,
         undelivered_ttl_s=settings.undelivered_ttl_s,
-        webhook_base_url=settings.public_url,
+        webhook_base_url=settings.public_url if webhooks else None,
     )
     return App(settings=settings, store=store, providers=providers, catalog=catalog, bot=bot, worker=worker)
 

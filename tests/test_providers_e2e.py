@@ -156,7 +156,7 @@ async def make_rig(make_settings: Callable[..., Settings], tmp_path: Path) -> As
             }
         values |= env
         settings = make_settings(**values)
-        app = await build_app(settings)  # the real provider factory, as `reelbot serve` builds them
+        app = await build_app(settings, webhooks=settings.public_url is not None)  # as `reelbot serve` builds it
         stack.push_async_callback(app.close)
         delivery = RecordingDelivery()
         app.bot.register(delivery)
