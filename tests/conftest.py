@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiosqlite.core
 import pytest
 
 from bot.app import App, build_app
 from bot.config import Settings, load_settings
 
-_ENV_PREFIXES = ("REELBOT_", "OPENAI_", "SLACK_", "DISCORD_")
+_ENV_PREFIXES = ("REELBOT_", "OPENAI_", "SLACK_", "DISCORD_", "FAL_", "OPENROUTER_")
+
+
+class _DaemonThread(threading.Thread):
+    """aiosqlite's connection thread, made a daemon in the test process only.
+
+    A test that fails before it closes its store would otherwise leave a thread that keeps the test
+    process alive after its results are printed, until an outer timeout kills it. Production keeps
+    aiosqlite's own thread (``reelbot`` closes its store on every path; the start-up tests check it).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.daemon = True
+
+
+aiosqlite.core.Thread = _DaemonThread  # type: ignore[misc]
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 

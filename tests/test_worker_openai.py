@@ -216,11 +216,13 @@ async def test_a_restart_after_the_create_was_sent_adopts_the_render(
 ) -> None:
     settings = make_settings()
     first = await open_app(settings, fake)
-    await first.worker.stop()  # this process "dies" right after sending the create
-    job = (await first.bot.handle(ask("a cat adopted after a crash"))).job
-    await first.store.transition(job.id, JobState.SUBMITTING, started_at=time.time())
-    await first.provider.create(first.worker._spec(job))
-    await first.close()
+    try:  # a failure here must still close the database (its thread would keep pytest from exiting)
+        await first.worker.stop()  # this process "dies" right after sending the create
+        job = (await first.bot.handle(ask("a cat adopted after a crash"))).job
+        await first.store.transition(job.id, JobState.SUBMITTING, started_at=time.time())
+        await first.provider.create(first.worker._spec(job))
+    finally:
+        await first.close()
 
     second = await open_app(settings, fake)
     try:
