@@ -52,8 +52,6 @@ import contextlib
 import hashlib
 import ipaddress
 import json
-import socket
-import struct
 import tempfile
 import threading
 import time
@@ -69,6 +67,8 @@ import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.fakes._server import FakeServer, reset_connection, synthetic_mp4_head
 
 DEFAULT_API_KEY = "fal-key-id-1234:fal-key-secret-abcd"
 DEFAULT_USER_ID = "fal-user-reelbot-test"
@@ -138,13 +138,6 @@ def encode_clip(width: int, height: int, seconds: int, *, audio: bool, fps: int 
     with _MEDIA_LOCK:
         _CLIPS[key] = data
     return data
-
-
-def synthetic_mp4_head(total: int) -> bytes:
-    """An ``ftyp`` box and an ``mdat`` header: the start of an MP4-looking body of ``total`` bytes."""
-    ftyp = struct.pack(">I4s4sI8s", 24, b"ftyp", b"isom", 0x200, b"isomiso2")
-    mdat = struct.pack(">I4s", max(8, total - len(ftyp)), b"mdat")
-    return (ftyp + mdat)[:total]
 
 
 _SHORT_SIDES = {"480p": 480, "580p": 580, "720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160, "4k": 2160}
@@ -418,7 +411,7 @@ class FalRequest:
 # -- server ---------------------------------------------------------------------------------------
 
 
-class FakeFalQueue:
+class FakeFalQueue(FakeServer):
     """The fake. Use as ``async with FakeFalQueue(...) as fal:``.
 
     Args:
@@ -444,6 +437,7 @@ class FakeFalQueue:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port, outgoing=True)
         self.api_key = api_key
         self.user_id = user_id
         self.queue_seconds = queue_seconds
@@ -451,8 +445,6 @@ class FakeFalQueue:
         self.moderated_terms = tuple(term.lower() for term in moderated_terms)
         self.moderate_at_submit = moderate_at_submit
         self.clip_fps = clip_fps
-        self.host = host
-        self.port = port
         self.signing_key = Ed25519PrivateKey.generate()
         self.decoy_key = Ed25519PrivateKey.generate()
         self.rogue_key = Ed25519PrivateKey.generate()  # never published: signs "bad" webhooks
@@ -474,21 +466,11 @@ class FakeFalQueue:
         self._webhook_event = asyncio.Event()
         self._plans: list[FalPlan] = []
         self._injections: list[FalInjection] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
-    # -- lifecycle --
+    # -- lifecycle (start/stop: FakeServer) --
 
-    async def __aenter__(self) -> FakeFalQueue:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/cdn/files/{token}/{name}", self._cdn)
@@ -498,29 +480,12 @@ class FakeFalQueue:
         app.router.add_get(r"/{app:.+}/requests/{rid}", self._result)
         app.router.add_post(r"/{model:.+}", self._submit)
         app.on_response_prepare.append(self._on_prepare)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     @property
     def queue_url(self) -> str:
         """The queue root to give a client (``http://127.0.0.1:PORT``)."""
-        return f"http://{self.host}:{self.port}"
+        return self.root_url
 
     @property
     def jwks_url(self) -> str:
@@ -683,7 +648,7 @@ class FakeFalQueue:
         if injection.delay:
             await asyncio.sleep(injection.delay)
         if injection.reset:
-            _reset(request)
+            reset_connection(request)
             return web.Response(status=500)
         if not injection.fal_request_id:
             request[_NO_FAL_ID] = True
@@ -995,15 +960,3 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _reset(request: web.Request) -> None:
-    """Drops the connection with an RST (SO_LINGER 0), so the client sees a reset, not a clean close."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()

@@ -48,9 +48,7 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import string
-import struct
 import tempfile
 import threading
 import time
@@ -63,6 +61,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes._server import FakeServer, reset_connection
 from tests.media_factory import make_clip
 
 DEFAULT_API_KEY = "sk-or-v1-fake-reelbot-0123456789abcdef"
@@ -363,7 +362,7 @@ def _validation(message: str) -> _Invalid:
 # -- server -----------------------------------------------------------------------------------
 
 
-class FakeOpenRouter:
+class FakeOpenRouter(FakeServer):
     """The fake server. Use as ``async with FakeOpenRouter(...) as fake:``.
 
     Args:
@@ -404,6 +403,7 @@ class FakeOpenRouter:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port, outgoing=True)
         self.api_key = api_key
         self.pending_s = pending_s
         self.in_progress_s = in_progress_s
@@ -419,8 +419,6 @@ class FakeOpenRouter:
         self.require_https_callbacks = require_https_callbacks
         self.shaped_clips = shaped_clips
         self.clock = clock
-        self.host = host
-        self.port = port
         #: Every request, in arrival order.
         self.requests: list[RecordedRequest] = []
         #: Every job, by id.
@@ -429,20 +427,10 @@ class FakeOpenRouter:
         self.deliveries: list[WebhookDelivery] = []
         self._plans: deque[JobPlan] = deque()
         self._injections: list[Injection] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
-    # -- lifecycle --
+    # -- lifecycle (start/stop: FakeServer) --
 
-    async def __aenter__(self) -> FakeOpenRouter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES + (8 << 20))
         app.router.add_post("/api/v1/videos", self._create)
         app.router.add_get("/api/v1/videos/models", self._models)
@@ -450,29 +438,7 @@ class FakeOpenRouter:
         app.router.add_get("/api/v1/videos/{job_id}/content", self._content)
         app.router.add_get("/api/v1/key", self._key)
         app.router.add_get("/signed/{job_id}", self._signed)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return app
 
     @property
     def base_url(self) -> str:
@@ -629,7 +595,7 @@ class FakeOpenRouter:
         if injection.delay:
             await asyncio.sleep(injection.delay)
         if injection.reset:
-            _reset_connection(request)
+            reset_connection(request)
             return web.Response(status=500)  # never reaches the client
         if injection.status is None and injection.json is None and injection.body is None:
             return real if real is not None else await handler(request)
@@ -921,15 +887,3 @@ def _check_url(part: Any, where: str, *, image: bool) -> None:
     if image and url.startswith("data:image/") and ";base64," in url:
         return
     raise _validation(f"Invalid reference URL: {where}: Only HTTPS URLs are allowed")
-
-
-def _reset_connection(request: web.Request) -> None:
-    """Drops the connection with a TCP RST (SO_LINGER 0), as a crashed proxy would."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()

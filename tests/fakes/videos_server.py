@@ -37,13 +37,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import io
 import json
 import math
 import secrets
-import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -53,6 +50,8 @@ from fractions import Fraction
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes._server import FakeServer, reset_connection, synthetic_mp4_head
 
 DEFAULT_API_KEY = "sk-test-reelbot-fake"
 MODEL_SIZES: dict[str, tuple[str, ...]] = {
@@ -382,18 +381,10 @@ def _still(kind: str, width: int, height: int) -> bytes:
     return data
 
 
-def synthetic_mp4_head(total: int) -> bytes:
-    """The first bytes of an MP4-looking body: an ``ftyp`` box and an ``mdat`` box header."""
-    ftyp = struct.pack(">I4s4sI8s", 24, b"ftyp", b"isom", 0x200, b"isomiso2")
-    mdat_size = max(8, total - len(ftyp))
-    mdat = struct.pack(">I4s", mdat_size if mdat_size < 2**32 else 1, b"mdat")
-    return (ftyp + mdat)[:total]
-
-
 # -- server -----------------------------------------------------------------------------------
 
 
-class FakeVideosServer:
+class FakeVideosServer(FakeServer):
     """The fake server. Use as ``async with FakeVideosServer(...) as fake:``.
 
     Args:
@@ -443,6 +434,7 @@ class FakeVideosServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port, outgoing=False)
         self.api_key = api_key
         self.clock = clock
         self.render_seconds = render_seconds
@@ -458,8 +450,6 @@ class FakeVideosServer:
         self.omit_nulls = omit_nulls
         self.model_sizes = dict(model_sizes)
         self.allowed_seconds = allowed_seconds
-        self.host = host
-        self.port = port
         #: Every request, in arrival order.
         self.requests: list[RecordedRequest] = []
         #: Every video ever created, by id (deleted ones are removed).
@@ -468,18 +458,10 @@ class FakeVideosServer:
         self._injections: list[Injection] = []
         self._window: deque[float] = deque()
         self._seq = 0
-        self._runner: web.AppRunner | None = None
 
-    # -- lifecycle --
+    # -- lifecycle (start/stop: FakeServer) --
 
-    async def __aenter__(self) -> FakeVideosServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
         app.router.add_post("/v1/videos", self._create)
         app.router.add_get("/v1/videos", self._list)
@@ -489,22 +471,7 @@ class FakeVideosServer:
         app.router.add_post("/v1/videos/{video_id}/remix", self._remix)
         app.router.add_get("/files/{video_id}.mp4", self._file)
         app.on_response_prepare.append(self._on_prepare)
-        # handler_cancellation: a client that gave up (timeout) cancels a delayed handler, so
-        # stop() never waits for injected delays.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return app
 
     @property
     def base_url(self) -> str:
@@ -778,7 +745,7 @@ class FakeVideosServer:
         if injection.delay:
             await asyncio.sleep(injection.delay)
         if injection.reset:
-            _reset_connection(request)
+            reset_connection(request)
             return web.Response(status=500)  # never reaches the client
         if injection.garbage:
             return web.Response(
@@ -1250,21 +1217,9 @@ async def _stream(
     for chunk in chunks:
         if truncate_after is not None and sent + len(chunk) >= truncate_after:
             await response.write(chunk[: max(0, truncate_after - sent)])
-            _reset_connection(request)
+            reset_connection(request)
             return response
         await response.write(chunk)
         sent += len(chunk)
     await response.write_eof()
     return response
-
-
-def _reset_connection(request: web.Request) -> None:
-    """Drops the connection with a TCP RST (SO_LINGER 0), as a crashed proxy would."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()

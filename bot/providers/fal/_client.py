@@ -30,14 +30,14 @@ from urllib.parse import quote
 
 import httpx
 
+from bot.providers._http import UNSENT_ERRORS, StatusFailure, error_from_transport, retry_after_seconds
+from bot.providers._secret import Secret
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec, VideoStatus
-from bot.providers.fal._download import CdnStatus, stream_to_file
+from bot.providers.fal._download import stream_to_file
 from bot.providers.fal._errors import (
     REQUEST_ID_HEADER,
     error_from_status,
-    error_from_transport,
     failed_request_error,
-    retry_after_seconds,
     status_error,
 )
 from bot.providers.fal._handle import FalHandle, app_path, safe_path
@@ -57,40 +57,8 @@ _MAX_ERROR_BODY = 64 << 10
 _MAX_RETRY_AFTER = 30.0
 _REMEMBERED = 1024
 _MAX_PROGRESS = 95
-# Raised before the server could have acted on the request: no connection, or a body it never fully received.
-_UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.UnsupportedProtocol,
-)
-
-
-class _Secret:
-    """Holds the key so that ``repr``/``vars`` of the provider cannot show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-
-class _StatusFailure(Exception):
-    """A non-2xx answer, carried out of one attempt to the retry loop."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.status = response.status_code
-        self.headers = response.headers
-        self.body = response.content[:_MAX_ERROR_BODY]
+# Raised before the server could have acted on the request; an unsupported URL scheme never connects either.
+_UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (*UNSENT_ERRORS, httpx.UnsupportedProtocol)
 
 
 class _Lru(OrderedDict[str, Any]):
@@ -156,7 +124,7 @@ class FalProvider:
             raise ValueError("api_key is empty")
         if max_download_bytes <= 0 or max_retries < 0:
             raise ValueError("max_download_bytes must be > 0 and max_retries >= 0")
-        self._api_key = _Secret(api_key)
+        self._api_key = Secret(api_key)
         self._root = httpx.URL(queue_url.rstrip("/") + "/")
         if self._root.scheme not in ("http", "https"):
             raise ValueError(f"queue_url must be http(s), not {queue_url!r}")
@@ -206,7 +174,7 @@ class FalProvider:
         try:
             response = await self._queue.post(target, json=body, headers=self._auth())
         except httpx.HTTPError as exc:
-            raise error_from_transport(exc, sent=not isinstance(exc, _UNSENT_ERRORS)) from exc
+            raise error_from_transport(exc, sent=not isinstance(exc, _UNSENT_ERRORS), reached="fal") from exc
         if not response.is_success:
             raise error_from_status(
                 response.status_code, response.headers, response.content, submit=True, model_id=model_id
@@ -417,7 +385,7 @@ class FalProvider:
                 return response
             if response.status_code >= 500 and _from_fal(response.headers):
                 return response  # the request's own failure (runner, timeout), not a hiccup
-            raise _StatusFailure(response)
+            raise StatusFailure.of(response, limit=_MAX_ERROR_BODY)
 
         return await self._with_retries("result", attempt)
 
@@ -429,7 +397,7 @@ class FalProvider:
         async def attempt() -> httpx.Response:
             response = await self._queue.request(method, path, params=params, headers=self._auth())
             if not response.is_success:
-                raise _StatusFailure(response)
+                raise StatusFailure.of(response, limit=_MAX_ERROR_BODY)
             return response
 
         return await self._with_retries(op, attempt, retries=retries)
@@ -442,7 +410,7 @@ class FalProvider:
         while True:
             try:
                 return await attempt()
-            except (_StatusFailure, CdnStatus) as failure:
+            except StatusFailure as failure:
                 error = self._status_error(failure, cdn=cdn)
                 if not _retryable_status(failure.status) or tries >= limit:
                     raise error from None
@@ -452,7 +420,7 @@ class FalProvider:
                 delay = error.retry_after if error.retry_after else self._backoff(tries)
                 reason = f"HTTP {failure.status}"
             except httpx.HTTPError as exc:
-                error = error_from_transport(exc, sent=False)  # idempotent: being sent changes nothing
+                error = error_from_transport(exc, sent=False, reached="fal")  # idempotent: being sent changes nothing
                 if not error.retryable or tries >= limit:
                     raise error from exc
                 delay = self._backoff(tries)
@@ -462,7 +430,7 @@ class FalProvider:
             await self._sleep(delay)
 
     @staticmethod
-    def _status_error(failure: _StatusFailure | CdnStatus, *, cdn: bool) -> ProviderError:
+    def _status_error(failure: StatusFailure, *, cdn: bool) -> ProviderError:
         if not cdn:
             return error_from_status(failure.status, failure.headers, failure.body)
         if failure.status in (403, 404, 410):

@@ -17,9 +17,7 @@ was sent, may have.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import re
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from bot.providers._http import retry_after_seconds
 from bot.providers.base import ErrorKind, ProviderError
 
 _MAX_DETAIL = 500
@@ -98,23 +97,6 @@ def parse_error_body(body: bytes, headers: httpx.Headers | None = None) -> FalEr
         if isinstance(data.get(key), str):
             return FalErrorBody(_shorten(data[key]), error_type)
     return FalErrorBody(_shorten(json.dumps(data)[:_MAX_DETAIL]), error_type)
-
-
-def retry_after_seconds(headers: httpx.Headers, *, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date), or None when absent or nonsense."""
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return None if when is None else max(0.0, when.timestamp() - now())
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _with_ids(text: str, headers: httpx.Headers, status: int) -> str:
@@ -227,17 +209,3 @@ def status_error(error: str, error_type: str | None) -> ProviderError:
     if lowered in _TIMEOUT_TYPES:
         return ProviderError(ErrorKind.TIMEOUT, text, retryable=True)
     return ProviderError(ErrorKind.SERVER, text, retryable=lowered.startswith("runner_"))
-
-
-def error_from_transport(exc: httpx.HTTPError, *, sent: bool) -> ProviderError:
-    """Maps an httpx transport failure; ``sent``: the request may have reached fal (then ``ambiguous``)."""
-    suffix = "; the request may have reached fal" if sent else ""
-    text = str(exc).strip()
-    name = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(ErrorKind.TIMEOUT, f"{name}{suffix}", retryable=True, ambiguous=sent)
-    if isinstance(exc, httpx.DecodingError):
-        return ProviderError(ErrorKind.BAD_RESPONSE, name, retryable=True)
-    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
-        return ProviderError(ErrorKind.UNAVAILABLE, f"{name}{suffix}", retryable=True, ambiguous=sent)
-    return ProviderError(ErrorKind.UNAVAILABLE, name)

@@ -20,20 +20,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
-import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar
 
 import httpx
 
+from bot.providers._download import write_video
+from bot.providers._http import (
+    UNSENT_ERRORS,
+    StatusFailure,
+    error_from_transport,
+    milliseconds_header,
+    parse_json,
+    read_capped,
+    request_headers,
+    video_path,
+)
+from bot.providers._secret import Secret
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec
-from bot.providers.openai_videos._errors import error_from_status, error_from_transport
-from bot.providers.openai_videos._normalise import normalise_video, parse_json
+from bot.providers.openai_videos._errors import error_from_status
+from bot.providers.openai_videos._normalise import normalise_video
 from bot.providers.openai_videos._retry import RetryPolicy, retry_after_seconds, should_retry_status
 
 log = logging.getLogger(__name__)
@@ -42,98 +51,14 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 USER_AGENT = "reelbot/0.1 (+httpx)"
-DOWNLOAD_CHUNK = 1 << 20  # bytes per write; bounds the memory a download holds
 _MAX_ERROR_BODY = 64 << 10
 _REMEMBERED_URLS = 1024
 _LIST_PAGE = 100  # the most the list takes
 _LIST_CLOCK_MARGIN_S = 600.0  # our clock and the service's may differ
-# Raised before a single byte of the request could have been acted on by the server.
-_UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-)
-_NOT_VIDEO_TYPES = ("application/json", "text/", "image/", "application/problem")
-
-
-class _Secret:
-    """Holds the key so that ``repr``/``vars`` of the provider cannot show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-
-class _StatusFailure(Exception):
-    """A non-2xx answer, carried out of one attempt to the retry loop."""
-
-    def __init__(self, status: int, headers: httpx.Headers, body: bytes) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-
-class _PartFile:
-    """The temporary file a download is written to, next to its destination.
-
-    Blocking file calls run in a thread; the rename makes the finished file appear atomically.
-    """
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.path = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
-        self._fh: IO[bytes] | None = None
-
-    def open(self) -> None:
-        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-
-    def write(self, data: bytes) -> None:
-        assert self._fh is not None
-        self._fh.write(data)
-
-    def commit(self) -> None:
-        assert self._fh is not None
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
-        os.replace(self.path, self.dest)
-
-    def discard(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.path.unlink(missing_ok=True)
 
 
 def _poll_after(headers: httpx.Headers) -> float | None:
-    raw = headers.get("openai-poll-after-ms")
-    if raw is None:
-        return None
-    try:
-        value = float(raw) / 1000.0
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _media_type(headers: httpx.Headers) -> str:
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def _looks_like_mp4(head: bytes) -> bool:
-    """ISO-BMFF files start with a box whose type is at bytes 4-8; MP4 starts with ``ftyp``."""
-    return len(head) >= 8 and head[4:8] == b"ftyp"
+    return milliseconds_header(headers, "openai-poll-after-ms")
 
 
 class OpenAIVideosProvider:
@@ -167,7 +92,7 @@ class OpenAIVideosProvider:
             raise ValueError("api_key is empty")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self._api_key = _Secret(api_key)
+        self._api_key = Secret(api_key)
         self._base_url = httpx.URL(base_url.rstrip("/") + "/")
         self._policy = RetryPolicy(max_retries=max_retries)
         self._sleep = sleep
@@ -355,15 +280,10 @@ class OpenAIVideosProvider:
 
     @staticmethod
     def _path(video_id: str, *rest: str) -> str:
-        if not video_id:
-            raise ProviderError(ErrorKind.BAD_REQUEST, "empty video id")
-        return "/".join(("videos", quote(video_id, safe=""), *rest))
+        return video_path(video_id, *rest)
 
     def _headers(self, *, send_key: bool = True, accept: str = "application/json") -> dict[str, str]:
-        headers = {"Accept": accept}
-        if send_key:
-            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
-        return headers
+        return request_headers(key=self._api_key if send_key else None, accept=accept)
 
     def _same_origin(self, url: str) -> bool:
         target = httpx.URL(url)
@@ -398,7 +318,7 @@ class OpenAIVideosProvider:
         async def attempt() -> httpx.Response:
             response = await self._client.request(method, url, headers=self._headers(), **kwargs)
             if not response.is_success:
-                raise _StatusFailure(response.status_code, response.headers, response.content)
+                raise StatusFailure(status=response.status_code, headers=response.headers, body=response.content)
             return response
 
         return await self._with_retries(op, attempt, resend_after_send=resend_after_send)
@@ -408,7 +328,7 @@ class OpenAIVideosProvider:
 
         Args:
             op: the operation name, for logs.
-            attempt: one try; raises ``_StatusFailure`` for non-2xx answers.
+            attempt: one try; raises ``StatusFailure`` for non-2xx answers.
             resend_after_send: whether a transport failure after the request may have reached
                 the server allows sending it again (False for calls that start paid renders).
         """
@@ -417,7 +337,7 @@ class OpenAIVideosProvider:
         while True:
             try:
                 return await attempt()
-            except _StatusFailure as failure:
+            except StatusFailure as failure:
                 retry_after = retry_after_seconds(failure.headers)
                 error = error_from_status(failure.status, failure.headers, failure.body, retry_after=retry_after)
                 if not should_retry_status(failure.status, failure.headers) or retries >= policy.max_retries:
@@ -432,7 +352,7 @@ class OpenAIVideosProvider:
                     delay = policy.backoff(retries, self._rng)
                 reason = f"HTTP {failure.status}"
             except httpx.HTTPError as exc:
-                unsent = isinstance(exc, _UNSENT_ERRORS)
+                unsent = isinstance(exc, UNSENT_ERRORS)
                 error = error_from_transport(exc, sent=not unsent)
                 if not error.retryable or retries >= policy.max_retries:
                     raise error from exc
@@ -446,59 +366,16 @@ class OpenAIVideosProvider:
 
     async def _download(self, url: str, dest: Path, *, send_key: bool) -> int:
         async def attempt() -> int:
-            part = _PartFile(dest)
-            try:
-                return await self._stream_once(url, part, send_key=send_key)
-            except BaseException:
-                part.discard()
-                raise
+            headers = self._headers(send_key=send_key, accept="application/binary")
+            async with self._client.stream("GET", url, headers=headers, follow_redirects=True) as response:
+                if not response.is_success:
+                    body = await read_capped(response, limit=_MAX_ERROR_BODY)
+                    raise StatusFailure(status=response.status_code, headers=response.headers, body=body)
+                return await write_video(response, dest, max_bytes=None, bad_body_retryable=True)
 
         return await self._with_retries("download", attempt, resend_after_send=True)
-
-    async def _stream_once(self, url: str, part: _PartFile, *, send_key: bool) -> int:
-        headers = self._headers(send_key=send_key, accept="application/binary")
-        async with self._client.stream("GET", url, headers=headers, follow_redirects=True) as response:
-            if not response.is_success:
-                raise _StatusFailure(response.status_code, response.headers, await _read_capped(response))
-            media_type = _media_type(response.headers)
-            if media_type.startswith(_NOT_VIDEO_TYPES) or media_type.endswith(("+json", "html")):
-                body = await _read_capped(response)
-                snippet = body[:200].decode("utf-8", "replace")
-                raise ProviderError(
-                    ErrorKind.BAD_RESPONSE,
-                    f"the download is {media_type or 'untyped'}, not a video: {snippet!r}",
-                    retryable=True,
-                )
-            size = 0
-            checked = False
-            await asyncio.to_thread(part.open)
-            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
-                if not checked:
-                    if not _looks_like_mp4(chunk):
-                        raise ProviderError(
-                            ErrorKind.BAD_RESPONSE,
-                            f"the download ({media_type or 'untyped'}) does not start like an MP4: {chunk[:16]!r}",
-                            retryable=True,
-                        )
-                    checked = True
-                await asyncio.to_thread(part.write, chunk)
-                size += len(chunk)
-            if not checked:
-                raise ProviderError(ErrorKind.BAD_RESPONSE, "the download is empty", retryable=True)
-            await asyncio.to_thread(part.commit)
-            return size
 
 
 def _model_id(spec: RenderSpec) -> str:
     """The host's name for the model: the catalog route's id, else the catalog name (sora-2)."""
     return spec.route.model_id if spec.route is not None and spec.route.model_id else spec.model
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    """At most 64 KiB of a streamed body (error bodies are for messages, not for memory)."""
-    buffer = bytearray()
-    async for chunk in response.aiter_bytes():
-        buffer += chunk
-        if len(buffer) >= _MAX_ERROR_BODY:
-            break
-    return bytes(buffer[:_MAX_ERROR_BODY])

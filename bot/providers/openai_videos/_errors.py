@@ -150,26 +150,6 @@ def error_from_status(
     return ProviderError(ErrorKind.BAD_RESPONSE, f"unexpected HTTP {status}: {detail}", status_code=status)
 
 
-def error_from_transport(exc: httpx.HTTPError, *, sent: bool) -> ProviderError:
-    """Maps an httpx transport failure.
-
-    Args:
-        exc: what httpx raised.
-        sent: whether the request may have reached the server (only matters for the wording; the
-            caller decides whether to resend).
-    """
-    suffix = "; the request may have reached the server" if sent else ""
-    text = str(exc).strip()
-    name = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(ErrorKind.TIMEOUT, f"{name}{suffix}", retryable=True, ambiguous=sent)
-    if isinstance(exc, httpx.DecodingError):
-        return ProviderError(ErrorKind.BAD_RESPONSE, name, retryable=True)
-    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
-        return ProviderError(ErrorKind.UNAVAILABLE, f"{name}{suffix}", retryable=True, ambiguous=sent)
-    return ProviderError(ErrorKind.UNAVAILABLE, name)
-
-
 def job_error(code: str | None, message: str | None) -> ProviderError:
     """The error of a job that the service reports as failed (HTTP 200, status failed)."""
     message = message or ""

@@ -16,11 +16,11 @@ bounds a job that never reaches a terminal state.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
-from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, VideoStatus
+from bot.providers._http import bad_response
+from bot.providers.base import ProviderError, ProviderVideo, VideoStatus
 from bot.providers.openai_videos._errors import job_error
 
 _STATUS: dict[str, VideoStatus] = {}
@@ -35,19 +35,6 @@ for _names, _status in (
 
 _ID_KEYS = ("id", "task_id", "video_id")
 _URL_KEYS = ("url", "video_url", "download_url")
-
-
-def bad_response(detail: str) -> ProviderError:
-    """A 2xx answer that cannot be used. Retryable: a later call may get a sane answer."""
-    return ProviderError(ErrorKind.BAD_RESPONSE, detail, retryable=True)
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        snippet = body[:120].decode("utf-8", "replace")
-        raise bad_response(f"the answer is not JSON: {snippet!r}") from None
 
 
 def parse_status(raw: Any) -> VideoStatus:

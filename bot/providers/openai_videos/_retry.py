@@ -15,14 +15,15 @@ service sees the client behaviour it was designed for:
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+
+from bot.providers._http import retry_after_ms
+from bot.providers._http import retry_after_seconds as retry_after_header
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
@@ -65,26 +66,5 @@ def retry_after_seconds(headers: httpx.Headers, *, now: Callable[[], float] = ti
     ``retry-after-ms`` wins over ``Retry-After``; ``Retry-After`` may be delta-seconds (possibly
     fractional, as some relays send) or an HTTP date.
     """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        return max(0.0, when.timestamp() - now())
-    return value if math.isfinite(value) and value >= 0 else None
+    from_ms = retry_after_ms(headers)
+    return from_ms if from_ms is not None else retry_after_header(headers, now=now)

@@ -36,14 +36,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
+from bot.providers._download import write_video
+from bot.providers._http import parse_json, read_capped, request_headers, video_path
+from bot.providers._secret import Secret
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec, VideoStatus
-from bot.providers.openrouter._download import stream_to_file
 from bot.providers.openrouter._errors import error_from_status, error_from_transport, shorten
-from bot.providers.openrouter._normalise import job_id, normalise_job, parse_json
+from bot.providers.openrouter._normalise import job_id, normalise_job
 from bot.providers.openrouter._request import create_body
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,6 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 512 << 20
 _MAX_ERROR_BODY = 64 << 10
 _REMEMBERED = 4096
 _VIDEO_FLOOR_USD = 1.0  # OpenRouter refuses video output below this balance
-
-
-class _Secret:
-    """Holds the key so that ``repr``/``vars`` of the provider cannot show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
 
 
 class OpenRouterProvider:
@@ -110,7 +96,7 @@ class OpenRouterProvider:
             raise ValueError("api_key is empty")
         if max_download_bytes <= 0:
             raise ValueError("max_download_bytes must be positive")
-        self._api_key = _Secret(api_key)
+        self._api_key = Secret(api_key)
         self._base_url = httpx.URL(base_url.rstrip("/") + "/")
         self._max_download_bytes = max_download_bytes
         self._expected = expected_render_s
@@ -178,9 +164,9 @@ class OpenRouterProvider:
         try:
             async with self._client.stream("GET", path, params={"index": "0"}, headers=headers) as response:
                 if not response.is_success:
-                    body = await _read_capped(response)
+                    body = await read_capped(response, limit=_MAX_ERROR_BODY)
                     raise error_from_status(response.status_code, response.headers, body, op="download")
-                return await stream_to_file(response, dest, max_bytes=self._max_download_bytes)
+                return await write_video(response, dest, max_bytes=self._max_download_bytes, bad_body_retryable=True)
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, op="download") from exc
 
@@ -255,15 +241,10 @@ class OpenRouterProvider:
 
     @staticmethod
     def _path(video_id: str, *rest: str) -> str:
-        if not video_id:
-            raise ProviderError(ErrorKind.BAD_REQUEST, "empty video id")
-        return "/".join(("videos", quote(video_id, safe=""), *rest))
+        return video_path(video_id, *rest)
 
     def _headers(self, *, send_key: bool = True, accept: str = "application/json") -> dict[str, str]:
-        headers = {"Accept": accept}
-        if send_key:
-            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
-        return headers
+        return request_headers(key=self._api_key if send_key else None, accept=accept)
 
     def _remember(self, video_id: str) -> None:
         self._first_seen[video_id] = self._clock()
@@ -288,13 +269,3 @@ class OpenRouterProvider:
             log.info("openrouter %s: %s %s", op, error.kind, shorten(error.detail))
             raise error
         return response
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    """At most 64 KiB of a streamed error body."""
-    buffer = bytearray()
-    async for chunk in response.aiter_bytes():
-        buffer += chunk
-        if len(buffer) >= _MAX_ERROR_BODY:
-            break
-    return bytes(buffer[:_MAX_ERROR_BODY])

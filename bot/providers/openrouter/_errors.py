@@ -12,17 +12,15 @@ list endpoint to look it up), while a refused connection is not.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from bot.providers._http import UNSENT_ERRORS, retry_after_seconds
 from bot.providers.base import ErrorKind, ProviderError
 
 _MAX_DETAIL = 400
@@ -32,14 +30,6 @@ _MODERATION_TYPES = frozenset({"content_policy_violation", "moderation", "guardr
 _MODEL_CODES = frozenset({"model_not_found", "model_deprecated", "no_endpoints", "region_restricted"})
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
-# Raised before the server could have acted on the request (it never got the whole of it).
-UNSENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,23 +73,6 @@ def parse_error_body(body: bytes) -> ErrorInfo:
     if isinstance(availability, dict) and "availability" not in metadata:
         metadata = {**metadata, "availability": availability}
     return ErrorInfo(message=shorten(message if isinstance(message, str) else ""), metadata=dict(metadata))
-
-
-def retry_after_seconds(headers: httpx.Headers, *, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None when absent or nonsense."""
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(0.0, when.timestamp() - now())
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _metadata_retry_after(info: ErrorInfo) -> float | None:

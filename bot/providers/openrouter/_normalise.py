@@ -10,10 +10,10 @@ seen: ``100 * elapsed / expected``, held below 95 until the job completes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, VideoStatus
+from bot.providers._http import bad_response
+from bot.providers.base import ProviderError, ProviderVideo, VideoStatus
 from bot.providers.openrouter._errors import job_error
 
 _STATUS = {
@@ -25,18 +25,6 @@ _STATUS = {
     "expired": VideoStatus.FAILED,
 }
 _MAX_ESTIMATE = 95
-
-
-def bad_response(detail: str) -> ProviderError:
-    """A 2xx answer that cannot be used; a later call may get a sane one."""
-    return ProviderError(ErrorKind.BAD_RESPONSE, detail, retryable=True)
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise bad_response(f"the answer is not JSON: {body[:120].decode('utf-8', 'replace')!r}") from None
 
 
 def raw_status(payload: dict[str, Any]) -> str:
