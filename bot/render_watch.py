@@ -45,6 +45,7 @@ class _Watched:
     started: float  # unix time the render was asked for: the poll schedule is relative to it
     due: float  # loop time of the next poll
     min_interval: float = 0.0  # while a webhook is expected, polls are a slow safety net
+    poll_again: bool = False  # a webhook came while a status request was on its way: ask once more at once
     last: ProviderVideo | None = None
     failures: int = 0
     in_flight: bool = False
@@ -144,6 +145,9 @@ class RenderWatcher:
         watched = self._watched.get(video_id)
         if watched is None:
             return False
+        if watched.in_flight:
+            # The answer on its way may predate the completion; it must not push the next look 30 s out.
+            watched.poll_again = True
         watched.due = asyncio.get_running_loop().time()
         self._wakeup.set()
         return True
@@ -249,6 +253,8 @@ class RenderWatcher:
         if video.poll_after is None:
             delay *= self._rng.uniform(0.9, 1.1)  # renders started together drift apart
         delay = max(delay, watched.min_interval)
+        if watched.poll_again:
+            watched.poll_again, delay = False, 0.0
         watched.due = asyncio.get_running_loop().time() + delay
         seen = (video.status, video.progress, video.queue_position)
         if previous is None or (previous.status, previous.progress, previous.queue_position) != seen:

@@ -259,3 +259,47 @@ async def test_cancelling_a_rendering_job_stops_its_render_within_a_tick(
     assert took < 1.5  # not the seconds until its next poll
     assert fake.count("delete") == 1
     assert totals.reserved == totals.released and totals.settled == 0
+
+
+class HeldFirstAnswer:
+    """The real client, with the first status answer held back until released: a slow status call."""
+
+    def __init__(self, inner: OpenAIVideosProvider) -> None:
+        self.inner = inner
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def retrieve(self, video_id: str) -> ProviderVideo:
+        self.calls += 1
+        video = await self.inner.retrieve(video_id)
+        if self.calls == 1:
+            self.held.set()
+            await self.release.wait()
+        return video
+
+
+async def test_a_webhook_during_a_status_call_is_not_lost_to_the_safety_net_schedule() -> None:
+    async with FakeVideosServer(render_seconds=0.3) as fake:
+        provider = client(fake)
+        held = HeldFirstAnswer(provider)
+        watcher = RenderWatcher(provider=held, sleep=quick_sleep)  # type: ignore[arg-type]
+        try:
+            video_id = (await provider.create(SPEC)).id
+            async with watcher.watch(video_id, started=time.time(), min_interval=30.0) as watch:
+                await asyncio.wait_for(held.held.wait(), 5)  # "still rendering" is on its way back
+                async with asyncio.timeout(5):
+                    while (await provider.retrieve(video_id)).status is not VideoStatus.COMPLETED:
+                        await asyncio.sleep(0.05)
+                assert watcher.poll_now(video_id)  # the provider's webhook: it is done
+                held.release.set()  # the stale answer arrives after it
+                async with asyncio.timeout(5):  # not at the next safety-net poll, 30 s later
+                    while (
+                        video := await watch.next_change()
+                    ) is not None and video.status is not VideoStatus.COMPLETED:
+                        pass
+            assert video is not None and video.status is VideoStatus.COMPLETED
+            assert held.calls == 2
+        finally:
+            await watcher.aclose()
+            await provider.aclose()
