@@ -300,6 +300,7 @@ def test_threads_share_the_detector_safely_and_at_most_max_concurrent_decode_at_
                 inside -= 1
 
     monkeypatch.setattr(bot.faces, "working_image", counted)
+    monkeypatch.setattr(bot.faces, "_answers", bot.faces._Answers())  # search again, not from the answers above
     results: list[int | None] = [None] * len(inputs)
     start = threading.Barrier(len(inputs))
 
@@ -315,3 +316,28 @@ def test_threads_share_the_detector_safely_and_at_most_max_concurrent_decode_at_
     assert not any(thread.is_alive() for thread in threads)
     assert results == alone
     assert 1 <= most <= bot.faces.MAX_CONCURRENT
+
+
+def test_the_same_picture_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration screens a picture and then takes its embedding: one search, not two."""
+    monkeypatch.setattr(bot.faces, "_answers", bot.faces._Answers(size=2))
+    searched: list[int] = []
+    real = bot.faces.working_image
+
+    def counted(data: bytes):  # type: ignore[no-untyped-def]
+        searched.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(bot.faces, "working_image", counted)
+    face, other = variant(shrunk(128)), variant(shrunk(160))
+    first = face_embedding(face)
+    assert first is not None and has_face(face) and len(find_faces(face)) == 1
+    again = face_embedding(face)
+    assert again is not None and np.array_equal(first, again) and again is not first
+    assert len(searched) == 2  # the embedding's search and find_faces' (has_face took the embedding's answer)
+    coffee = encode(shrunk(160)(picture("coffee.png")))
+    assert face_embedding(coffee) is None and face_embedding(coffee) is None
+    assert len(searched) == 3
+    face_embedding(other)  # the answers hold two pictures: the oldest is forgotten and searched again
+    face_embedding(face)
+    assert len(searched) == 5

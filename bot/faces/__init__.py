@@ -13,6 +13,9 @@ gives no faces and no embedding. Callers must refuse such images themselves (``b
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -76,17 +79,63 @@ def _search(image_bytes: bytes, slot: Models, *, first_only: bool) -> tuple[Work
     return working, distinct(detect(slot.detector, gray, first_only=first_only))
 
 
+class _Answers:
+    """What was already found in an image, by its content: the same picture is often asked about twice.
+
+    A registration screens the picture and then takes its embedding; a reference is screened as sent and as
+    fitted; a cameo is compared with every registered one. Searching costs up to a second of CPU, an answer a
+    few hundred bytes, so the last ``size`` answers of each kind are kept (thread-safe, least recently used out).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, bytes], object] = OrderedDict()
+
+    def get(self, kind: str, digest: bytes) -> object | None:
+        with self._lock:
+            value = self._items.get((kind, digest))
+            if value is not None:
+                self._items.move_to_end((kind, digest))
+            return value
+
+    def put(self, kind: str, digest: bytes, value: object) -> None:
+        with self._lock:
+            self._items[(kind, digest)] = value
+            self._items.move_to_end((kind, digest))
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_answers = _Answers()
+_NO_FACE = "none"  # stored for "no embedding", since None means "not asked yet"
+
+
+def _digest(image_bytes: bytes) -> bytes:
+    return hashlib.sha256(image_bytes).digest()
+
+
 def find_faces(image_bytes: bytes) -> list[FaceBox]:
     """Every face in the image, best first; [] for no face and for anything that cannot be decoded."""
+    digest = _digest(image_bytes)
+    known = _answers.get("faces", digest)
+    if isinstance(known, tuple):
+        return list(known)
     with models() as slot:
         working, hits = _search(image_bytes, slot, first_only=False)
-    if working is None:
-        return []
-    return [_box(hit, working) for hit in sorted(hits, key=lambda h: -h.score)]
+    faces = [] if working is None else [_box(hit, working) for hit in sorted(hits, key=lambda h: -h.score)]
+    _answers.put("faces", digest, tuple(faces))
+    return faces
 
 
 def has_face(image_bytes: bytes) -> bool:
     """Whether the image shows a human face (stops at the first one found)."""
+    digest = _digest(image_bytes)
+    known = _answers.get("faces", digest)
+    if isinstance(known, tuple):
+        return bool(known)
+    if isinstance(_answers.get("embedding", digest), np.ndarray):
+        return True
     with models() as slot:
         _working, hits = _search(image_bytes, slot, first_only=True)
     return bool(hits)
@@ -103,16 +152,23 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
     "Largest" among the faces found with a score of at least ``EMBED_MIN_SCORE`` (or the best-scoring face when
     none is that sure): a faint false detection on a shirt or a flag must not stand in for the person's face.
     """
+    digest = _digest(image_bytes)
+    known = _answers.get("embedding", digest)
+    if known is not None:
+        return None if isinstance(known, str) else np.array(known, dtype=np.float32)
     with models() as slot:
         working, hits = _search(image_bytes, slot, first_only=False)
         if working is None or not hits:
+            _answers.put("embedding", digest, _NO_FACE)
             return None
         confident = [hit for hit in hits if hit.score >= EMBED_MIN_SCORE] or [max(hits, key=lambda h: h.score)]
         largest = max(confident, key=lambda h: h.rect.area())
         rgb, _back = turned(working.rgb, largest.angle)
         shape = slot.landmarks(rgb, largest.rect)
         descriptor = slot.recogniser.compute_face_descriptor(rgb, shape)
-    return np.asarray(descriptor, dtype=np.float32)
+    embedding = np.asarray(descriptor, dtype=np.float32)
+    _answers.put("embedding", digest, embedding.copy())
+    return embedding
 
 
 def face_distance(a: np.ndarray, b: np.ndarray) -> float:
