@@ -148,13 +148,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def resolved_provider(self) -> ProviderName:
-        """``openai`` when a key is set and nothing else was asked for, else ``local``."""
-        if self.provider is not None:
-            return self.provider
-        return "openai" if self.openai_api_key is not None else "local"
-
-    @property
     def provider_names(self) -> tuple[str, ...]:
         """The providers to configure, in the order their keys are checked: every one with a key.
 

@@ -17,17 +17,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_need_no_key() -> None:
     settings = load_settings()
-    assert settings.resolved_provider == "local"
+    assert settings.provider_names == ("local",)
     assert settings.openai_base_url == "https://api.openai.com/v1"
     assert settings.budget_period == "month"
     assert str(settings.db_path).endswith("reelbot-data/reelbot.db")
 
 
-def test_a_key_selects_the_openai_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_key_turns_its_provider_on_and_local_keeps_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
-    assert load_settings().resolved_provider == "openai"
+    assert load_settings().provider_names == ("openai",)
+    monkeypatch.setenv("FAL_KEY", "id:secret")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
+    assert load_settings().provider_names == ("fal", "openrouter", "openai")
     monkeypatch.setenv("REELBOT_PROVIDER", "local")
-    assert load_settings().resolved_provider == "local"
+    assert load_settings().provider_names == ("local",)
 
 
 @pytest.mark.parametrize(
