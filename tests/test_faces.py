@@ -341,3 +341,17 @@ def test_the_same_picture_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> N
     face_embedding(other)  # the answers hold two pictures: the oldest is forgotten and searched again
     face_embedding(face)
     assert len(searched) == 5
+
+
+def test_a_thin_pictures_turned_copies_are_searched_at_a_bounded_size() -> None:
+    """A 4000x90 strip turned 60 degrees would be a canvas twenty times its size, mostly margin."""
+    from bot.faces._detect import MAX_TURNED_AREA, searched_copy
+
+    strip = np.zeros((150, 6667), dtype=np.uint8)
+    for angle in (60, 120, 240, 300):
+        copy, back, scale = searched_copy(strip, angle)
+        assert scale < 1 and copy.shape[0] * copy.shape[1] <= MAX_TURNED_AREA * strip.size * 1.01
+        centre = back @ np.array([copy.shape[1] / 2, copy.shape[0] / 2, 1.0])
+        assert np.allclose(centre, [6667 / 2, 150 / 2], atol=3)  # the copy's pixels still map back onto the strip
+    photo = np.zeros((750, 1333), dtype=np.uint8)  # a 16:9 photo's turned copies are searched at full size
+    assert all(searched_copy(photo, angle)[2] == 1.0 for angle in (0, 60, 120, 180, 240, 300))

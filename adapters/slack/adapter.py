@@ -322,7 +322,20 @@ class SlackAdapter:
         except (ValueError, TypeError, AttributeError, RecursionError):  # anything else Bolt cannot take
             return self._refuse(400, "the body could not be read")
         self._arrived()
+        body = bolt_request.body
+        if isinstance(body, dict) and body.get("command") and "payload" not in body:
+            # A slash command needs only the 200 (reelbot answers through its response_url), so it is acked
+            # here and Bolt sees it once the burst is over: 200 commands at once are all acked in time.
+            urgent = not str(body.get("text") or "").strip()  # an empty /video opens a form: trigger ids expire
+            self._spawn(self._dispatch(bolt_request), "command", urgent=urgent)
+            return web.Response(status=200)
         return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
+
+    async def _dispatch(self, bolt_request: AsyncBoltRequest) -> None:
+        """Bolt's turn with a request already acked (its own ack goes nowhere)."""
+        response = await self.app.async_dispatch(bolt_request)
+        if response.status >= 400:
+            log.debug("Bolt answered %s to an acked Slack command", response.status)
 
     def _refuse(self, status: int, reason: str) -> web.Response:
         log.debug("refused a Slack request with HTTP %s: %s", status, reason)

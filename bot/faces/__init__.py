@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from bot.faces._decode import MAX_PIXELS, Working, working_image
-from bot.faces._detect import Hit, detect, distinct, turned
+from bot.faces._detect import Hit, detect, distinct, searched_copy
 from bot.faces._models import MAX_CONCURRENT, Models, models
 
 __all__ = [
@@ -163,7 +163,7 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
             return None
         confident = [hit for hit in hits if hit.score >= EMBED_MIN_SCORE] or [max(hits, key=lambda h: h.score)]
         largest = max(confident, key=lambda h: h.rect.area())
-        rgb, _back = turned(working.rgb, largest.angle)
+        rgb, _back, _scale = searched_copy(working.rgb, largest.angle)  # the copy the face was found in
         shape = slot.landmarks(rgb, largest.rect)
         descriptor = slot.recogniser.compute_face_descriptor(rgb, shape)
     embedding = np.asarray(descriptor, dtype=np.float32)

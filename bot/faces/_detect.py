@@ -22,6 +22,10 @@ import numpy as np
 ANGLES: tuple[int, ...] = (0, 60, 300, 180, 120, 240)
 #: dlib's detection score must exceed this (dlib's own default is 0).
 MIN_SCORE = 0.0
+#: A turned copy is searched at most this many times the working image's area. Turning a photo of ordinary
+#: shape (up to about 2.4:1) stays under it; turning a thin strip (4000x90) by 60 degrees would make a canvas
+#: twenty times larger, mostly margin, and cost seconds of CPU per picture: such a copy is searched scaled down.
+MAX_TURNED_AREA = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +33,10 @@ class Hit:
     """One detection, in working-image pixels."""
 
     angle: int  # the turn of the working image the face was found in (so the face was rolled by -angle)
-    rect: dlib.rectangle  # in the turned copy's pixels
+    rect: dlib.rectangle  # in the turned copy's pixels, as searched (see ``scale``)
     corners: np.ndarray  # (4, 2) float: the rectangle's corners in the unturned working image
     score: float
+    scale: float = 1.0  # the turned copy was searched at this scale (below 1 for thin pictures' turned copies)
 
 
 def turned(image: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +53,25 @@ def turned(image: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray]:
     # Mirrored margins rather than a flat colour add no straight edges; faces mirrored into them are dropped later.
     out = cv2.warpAffine(image, forward, (new_w, new_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return out, cv2.invertAffineTransform(forward)
+
+
+def searched_copy(image: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``turned(image, angle)``, scaled down to at most ``MAX_TURNED_AREA`` times ``image``'s area.
+
+    Returns the copy, the 2x3 matrix mapping its pixels back to ``image``'s, and the scale it was made at.
+    """
+    copy, back = turned(image, angle)
+    limit = MAX_TURNED_AREA * image.shape[0] * image.shape[1]
+    area = copy.shape[0] * copy.shape[1]
+    if area <= limit:
+        return copy, back, 1.0
+    scale = math.sqrt(limit / area)
+    height, width = copy.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(copy, size, interpolation=cv2.INTER_AREA)
+    back = back.copy()
+    back[:, :2] /= scale  # a pixel of the small copy is 1/scale pixels of the turned one
+    return small, back, scale
 
 
 def _corners(rect: dlib.rectangle, back: np.ndarray) -> np.ndarray:
@@ -75,13 +99,13 @@ def detect(
     hits: list[Hit] = []
     height, width = gray.shape[:2]
     for angle in angles:
-        image, back = turned(gray, angle)
+        image, back, scale = searched_copy(gray, angle)
         rects, scores, _kinds = detector.run(image, 0, min_score)
         for rect, score in zip(rects, scores, strict=True):
             corners = _corners(rect, back)
             x, y = corners.mean(axis=0)
             if 0 <= x < width and 0 <= y < height:  # not a reflection of a face in the turned copy's margin
-                hits.append(Hit(angle=angle, rect=rect, corners=corners, score=float(score)))
+                hits.append(Hit(angle=angle, rect=rect, corners=corners, score=float(score), scale=scale))
         if first_only and hits:
             break
     return hits
