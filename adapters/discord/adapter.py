@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 DISCORD_API_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
 _JOB_ID = re.compile(r"[A-Za-z0-9]{1,40}")
-INTERNAL_ERROR = "Something went wrong on my side. Check `/video jobs` before trying again."
 
 
 class DiscordStartError(RuntimeError):
@@ -630,7 +629,7 @@ class DiscordAdapter:
             reply = await self._handle(interaction, text, image, mentions, fetcher or self.fetcher)
         except Exception:
             log.exception("command failed for interaction %s", interaction.id)
-            reply = Reply(INTERNAL_ERROR, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(interaction, reply)
 
     async def _handle(
@@ -701,12 +700,10 @@ class DiscordAdapter:
             return
         if not await self._defer(interaction):
             return
-        try:
-            prompt = modal_value(data) or ""
-            reply = await self.bot.remix(self._requester(interaction), match["job"], prompt, self._key(interaction))
-        except Exception:
-            log.exception("remix failed for job %s", match["job"])
-            reply = Reply(INTERNAL_ERROR, ok=False)
+        prompt = modal_value(data) or ""
+        reply = await self.bot.press(
+            self._requester(interaction), "remix", match["job"], self._key(interaction), text=prompt
+        )  # never raises: anything unexpected is answered with the core's catch-all
         await self._answer(interaction, reply)
 
     async def on_action_button(self, interaction: discord.Interaction, workspace_id: str, action_id: str) -> None:
@@ -724,7 +721,7 @@ class DiscordAdapter:
 
     async def on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         """Last resort: a command that failed before answering still gets an answer in time."""
-        text = INTERNAL_ERROR
+        text = CATCH_ALL
         if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
             text = "Discord showed you an older version of this command; try again in a minute."
             log.warning("stale application command used: %s", error)

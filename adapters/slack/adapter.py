@@ -55,7 +55,6 @@ EVENTS_PATH = "/slack/events"
 ADMIN_CACHE_SECONDS = 600.0
 ACK_FIRST_QUIET = 0.05
 ACK_FIRST_MAX_WAIT = 0.5
-SOMETHING_WENT_WRONG = "Something went wrong on my side, sorry; nothing was charged. Please try again."
 
 _USER_TOKEN = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
 _CHANNEL_TOKEN = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -549,7 +548,7 @@ class SlackAdapter:
             reply = await self.bot.handle(request)
         except Exception:
             log.exception("a /video command failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, channel_id=channel_id, response_url=response_url)
 
     async def _open_video_form(
@@ -617,7 +616,7 @@ class SlackAdapter:
             )
         except Exception:
             log.exception("a Slack mention failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, **where)
 
     def _strip_bot_mention(self, raw: str) -> str:
@@ -737,7 +736,7 @@ class SlackAdapter:
             )
         except Exception:
             log.exception("a Slack form submission failed")
-            reply = Reply(SOMETHING_WENT_WRONG, ok=False)
+            reply = Reply(CATCH_ALL, ok=False)
         await self._answer(reply, user_id, **where)
 
     # --- buttons -------------------------------------------------------------------------------
