@@ -80,6 +80,15 @@ class Settings(BaseSettings):
         "REELBOT_CAMEO_ADMIN_VERIFY", default="unverified"
     )
 
+    @field_validator("openai_api_key", "fal_key", "openrouter_api_key", "openrouter_webhook_secret", mode="before")
+    @classmethod
+    def _key_or_unset(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("must not be empty; unset it to turn that provider off")
+            return value.strip()
+        return value
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

@@ -119,3 +119,10 @@ def test_a_platform_with_some_variables_set_names_the_missing_one(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert load_settings().incomplete_platforms == problems
+
+
+@pytest.mark.parametrize("name", ["FAL_KEY", "OPENROUTER_API_KEY", "OPENAI_API_KEY", "OPENROUTER_WEBHOOK_SECRET"])
+def test_an_empty_key_is_one_line_not_a_provider_that_fails_later(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "  ")
+    with pytest.raises(ConfigError, match=f"^{name}: must not be empty; unset it to turn that provider off$"):
+        load_settings()
