@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bot.clip_stream import ClipStream
 from bot.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,34 @@ class Delivery(Protocol):
         self, workspace_id: str, user_id: str, text: str, actions: tuple[tuple[str, str], ...] = ()
     ) -> str | None:
         """Sends a private message with optional buttons ``(action_id, label)``; returns its ref."""
+        ...
+
+
+@runtime_checkable
+class StagesClips(Protocol):
+    """A platform that takes a clip's bytes before it shows them (Slack: upload, then complete).
+
+    The worker sends the bytes as they download (``ClipStream``) and while it checks the clip (probe,
+    consent, the job's state), and shows them only once every check passed, so the upload neither
+    follows the download nor waits for the checks. Bytes staged for a clip that is then refused or
+    cancelled are never shown; the platform drops an upload that is never completed.
+    """
+
+    async def stage_clip(self, job: Job, source: ClipStream) -> str:
+        """Sends the clip's bytes from ``source`` without showing them; returns what ``share_clip`` needs.
+
+        Raises:
+            DeliveryError: the platform did not take the bytes, or ``source`` broke (the worker then
+                posts the checked file as usual).
+        """
+        ...
+
+    async def share_clip(self, job: Job, staged: str, caption: str) -> str:
+        """Shows staged bytes as the job's clip in its thread; returns the message reference.
+
+        Raises:
+            DeliveryError: as ``post_clip``.
+        """
         ...
 
 

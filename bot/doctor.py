@@ -19,6 +19,7 @@ import httpx
 
 from bot.catalog import Catalog
 from bot.config import Settings
+from bot.providers._http import tls_context
 from bot.providers.base import VideoProvider
 from bot.providers.factory import build_provider
 
@@ -76,7 +77,7 @@ async def _slack(settings: Settings, transport: httpx.AsyncBaseTransport | None)
     url = settings.slack_api_url.rstrip("/") + "/auth.test"
     token = settings.slack_bot_token.get_secret_value()
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=_TIMEOUT) as client:
+        async with httpx.AsyncClient(transport=transport, timeout=_TIMEOUT, verify=tls_context()) as client:
             response = await client.post(url, headers={"Authorization": f"Bearer {token}"})
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
@@ -94,7 +95,7 @@ async def _discord(settings: Settings, transport: httpx.AsyncBaseTransport | Non
     url = settings.discord_api_url.rstrip("/") + "/users/@me"
     token = settings.discord_bot_token.get_secret_value()
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=_TIMEOUT) as client:
+        async with httpx.AsyncClient(transport=transport, timeout=_TIMEOUT, verify=tls_context()) as client:
             response = await client.get(url, headers={"Authorization": f"Bot {token}"})
     except httpx.HTTPError as exc:
         return _fail("discord", f"could not reach {settings.discord_api_url} ({type(exc).__name__})")

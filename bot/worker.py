@@ -27,12 +27,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot import texts
+from bot.clip_handoff import ClipHandoff
 from bot.core import ReelBot
 from bot.delivery import Delivery, DeliveryError
 from bot.jobs import ACTIVE_STATES, Job, JobState
 from bot.media import MediaError, probe_clip
 from bot.polling import AdaptivePoller
-from bot.providers.base import ErrorKind, ProviderError, ReferenceImage, RenderSpec, Route, VideoStatus
+from bot.providers.base import (
+    ErrorKind,
+    ProviderError,
+    ReferenceImage,
+    RenderSpec,
+    Route,
+    TakesWebhookResults,
+    VideoStatus,
+)
 from bot.render_watch import RenderWatcher
 from bot.routing import may_fail_over, next_route
 from bot.store import IllegalTransition, StopRequested, StoreError, lease_owner_id
@@ -115,6 +124,11 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop was asked for
         self._fresh_deliveries: set[str] = set()
+        self._handoff = ClipHandoff(
+            clips_dir=clips_dir,
+            provider_for=lambda job: self.bot.provider_for(job),
+            delivery_for=lambda job: self.bot.deliveries.get(job.platform),
+        )
         self._positions: dict[str, int] = {}
         self._fresh_submits: set[str] = set()
         self._watching: dict[str, tuple[str, str]] = {}  # job id -> (provider, the render it waits on)
@@ -172,21 +186,30 @@ class Worker:
     def wake(self) -> None:
         self._event.set()
 
-    async def on_webhook(self, provider: str, provider_request_id: str, job_id: str | None) -> bool:
+    async def on_webhook(
+        self, provider: str, provider_request_id: str, job_id: str | None, *, result: dict[str, Any] | None = None
+    ) -> bool:
         """A provider called back that a render finished: ask about it now, not at the next safety-net poll.
 
-        The webhook only wakes the watch; the status call that follows decides, so a forged or
-        stale callback can at most cause one extra status request. Returns whether a watched
-        render was woken.
+        Without ``result`` the webhook only wakes the watch and the status call that follows decides.
+        With it (a signed fal ``OK`` delivery), the provider keeps the clip's URL first, so the look it
+        wakes needs no call. Returns whether a watched render was woken.
         """
-        job = await self.store.get_job(job_id) if job_id else None
-        video_id = job.provider_video_id if job is not None else None
-        if job is None or video_id is None or job.provider != provider:
+        watched = self._watching.get(job_id) if job_id else None  # the usual case: no need to read the row
+        if watched is not None:
+            known_provider, video_id = watched
+        else:
+            job = await self.store.get_job(job_id) if job_id else None
+            known_provider, video_id = (job.provider, job.provider_video_id) if job is not None else ("", None)
+        if video_id is None or known_provider != provider:
             log.info("webhook from %s for job %s: no render of that job is known there", provider, job_id)
             return False
         if provider_request_id != video_id and provider_request_id not in video_id.split(":"):
-            log.info("webhook from %s names request %s, not job %s's render", provider, provider_request_id, job.id)
+            log.info("webhook from %s names request %s, not job %s's render", provider, provider_request_id, job_id)
             return False
+        service = self.bot.providers.get(provider)
+        if result is not None and isinstance(service, TakesWebhookResults):
+            service.take_webhook_result(video_id, result)
         return self.watcher_for(provider).poll_now(video_id)
 
     def watcher_for(self, provider_name: str) -> RenderWatcher:
@@ -424,6 +447,7 @@ class Worker:
         except Exception as exc:  # a bug (or a platform library's surprise) must neither hang nor loop
             await self._crashed(job_id, exc)
         finally:
+            self._handoff.forget(job_id)
             self._tasks.pop(job_id, None)
             self._fresh_submits.discard(job_id)
             self._stops.pop(job_id, None)
@@ -658,6 +682,8 @@ class Worker:
                     if video is None:
                         return  # interrupted: _drive reads the row and sees the stop
                     if video.status is VideoStatus.COMPLETED:
+                        if await self._recheck(job) is None:
+                            self._handoff.download(job)  # the bytes come while the row moves on
                         await self.store.transition(
                             job.id,
                             JobState.DOWNLOADING,
@@ -688,23 +714,28 @@ class Worker:
         if refusal:
             await self._end(job, JobState.REFUSED, refusal)
             return
-        dest = self.clips_dir / f"{job.id}.mp4"
+        dest = self._handoff.clip_file(job.id)
         try:
-            await self._unless_stopped(job.id, self.bot.provider_for(job).download(job.provider_video_id, dest))
+            await self._unless_stopped(job.id, self._handoff.download(job))
         except _Stopped:
+            self._handoff.unstage(job.id)
             return  # _drive claims the row again and ends the job as asked
         except ProviderError as exc:
+            self._handoff.unstage(job.id)
             if exc.kind is ErrorKind.BAD_RESPONSE:
                 await self._fail(job, "The video service sent back something that is not a video.")
                 return
             await self._provider_trouble(job, exc, "download")
             return
+        finally:
+            self._handoff.downloaded(job.id)
         with contextlib.suppress(OSError):
             dest.chmod(0o600)  # clips are the requester's: owner-only, whatever the umask or provider
         try:
             promise = self.bot.catalog.promise_for(job)
             await asyncio.to_thread(probe_clip, dest, **asdict(promise))
         except MediaError as exc:
+            self._handoff.unstage(job.id)
             with contextlib.suppress(OSError):
                 dest.unlink()
             await self._fail(job, f"The finished clip was broken ({exc}).")
@@ -714,6 +745,7 @@ class Worker:
                 job.id, JobState.DELIVERING, expect=[JobState.DOWNLOADING], clip_path=str(dest)
             )
         except StopRequested:
+            self._handoff.unstage(job.id)
             await self.store.update_job(job.id, clip_path=str(dest))  # the stop removes it
             return
         self._fresh_deliveries.add(job.id)
@@ -737,10 +769,12 @@ class Worker:
         if not fresh:
             with contextlib.suppress(DeliveryError):
                 ref = await delivery.find_clip(job)
+            if ref is None and not await self._still_whole(job, clip):
+                return
         attempts = 0
         while ref is None:
             try:
-                ref = await self._unless_stopped(job.id, delivery.post_clip(job, clip, texts.caption(job)))
+                ref = await self._unless_stopped(job.id, self._handoff.post(delivery, job, clip))
             except _Stopped:
                 await self._unpost(delivery, job, None)  # the platform may have the clip already
                 return
@@ -766,6 +800,15 @@ class Worker:
         if self.bot.cameos is not None:
             await self.bot.cameos.record_use(finished)
 
+    async def _still_whole(self, job: Job, clip: Path) -> bool:
+        """Checks again a clip this process did not download (downloads are not fsynced; see ``_download``)."""
+        try:
+            await asyncio.to_thread(probe_clip, clip, **asdict(self.bot.catalog.promise_for(job)))
+        except MediaError as exc:
+            await self._fail(job, f"The finished clip was damaged before it could be posted ({exc}).")
+            return False
+        return True
+
     async def _unpost(self, delivery: Delivery, job: Job, ref: str | None) -> None:
         """Deletes a clip the platform took for a job that was stopped meanwhile."""
         if ref is None:
@@ -785,6 +828,8 @@ class Worker:
         if stop.is_set():
             if asyncio.iscoroutine(step):
                 step.close()
+            elif isinstance(step, asyncio.Future):
+                step.cancel()
             raise _Stopped
         work = asyncio.ensure_future(step)
         stopped = asyncio.ensure_future(stop.wait())
@@ -829,6 +874,7 @@ class Worker:
         The provider's render is deleted, the clip file removed, the reservation released and the
         requester told "nothing was charged" only once all of that is true.
         """
+        await self._handoff.drop(job.id)
         if job.provider_video_id and to is not JobState.FAILED:  # a failed render is the provider's to keep
             with contextlib.suppress(ProviderError):
                 await self.bot.provider_for(job).delete(job.provider_video_id)
@@ -838,6 +884,8 @@ class Worker:
             log.info("job %s already ended (%s)", job.id, exc.job.state.value)
             return
         self._remove_clip(ended)
+        with contextlib.suppress(OSError):
+            self._handoff.clip_file(job.id).unlink()  # a download that finished before the row knew of it
         await self._card(ended)
         if self.bot.job_ended(ended):
             return  # a ``stop_job`` call is waiting on this job: it answers the person

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +31,14 @@ class _DaemonThread(threading.Thread):
 
 
 aiosqlite.core.Thread = _DaemonThread  # type: ignore[misc]
+
+# Bytecode is cached for the suite and every process it starts (pytest-xdist's workers, ``reelbot``
+# children), in the gitignored __pycache__ folders. Where PYTHONDONTWRITEBYTECODE is set (as on our
+# machine image) nothing would be cached: each worker would compile and assertion-rewrite every test
+# module again (~3.5 s of CPU per worker) and each ``reelbot`` child would compile bot/ and adapters/.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 

@@ -7,6 +7,9 @@ Everything here is deterministic and small, so tests stay fast:
 * ``png_bomb`` - a valid PNG of a few hundred KB whose header claims a huge pixel count.
 * ``make_clip`` - a real H.264 (+ AAC) MP4 written with PyAV, with or without sound.
 * ``decode_frame`` / ``stream_facts`` - independent PyAV readers for assertions.
+* ``make_encoded_clip`` / ``remux_clip`` - other encoders and MP4 layouts (B-frames, HEVC,
+  faststart, fragmented).
+* ``first_packet`` / ``top_level_boxes`` - where things are in an MP4, to damage it on purpose.
 """
 
 from __future__ import annotations
@@ -165,3 +168,89 @@ def stream_facts(path: Path) -> dict[str, object]:
             "audio_seconds": float(audio.duration * audio.time_base) if audio and audio.duration else None,
             "container_seconds": (container.duration or 0) / 1_000_000,
         }
+
+
+def make_encoded_clip(
+    path: Path,
+    *,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    seconds: float = 2.0,
+    width: int = 160,
+    height: int = 120,
+    fps: int = 12,
+    audio: bool = True,
+) -> Path:
+    """An MP4 of a smoothly panning gradient (+ AAC tone) with any PyAV encoder and options.
+
+    Where ``make_clip`` is fixed to ultrafast H.264, this gives the layouts real encoders write:
+    ``options={"preset": "medium"}`` makes H.264 with B-frames (composition offsets and a video
+    edit list), ``codec="libx265"`` HEVC.
+    """
+    frames = round(seconds * fps)
+    ys, xs = np.mgrid[0:height, 0:width]
+    with av.open(str(path), mode="w", format="mp4") as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = options or {}
+        sound = None
+        if audio:
+            sound = out.add_stream("aac", rate=48_000)
+            sound.layout = "stereo"
+        for i in range(frames):
+            img = np.stack([(xs + 3 * i) % 256, (ys + i) % 256, np.full_like(xs, 128)], axis=-1).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if sound is not None:
+            total = round(seconds * 48_000)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(total) / 48_000)).astype(np.float32)
+            for start in range(0, total, 1024):
+                chunk = tone[start : start + 1024]
+                af = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48_000, start, Fraction(1, 48_000)
+                out.mux(sound.encode(af))
+            out.mux(sound.encode(None))
+    return path
+
+
+def remux_clip(src: Path, dest: Path, *, movflags: str) -> Path:
+    """Copies ``src``'s packets, unchanged, into a new MP4 written with these ``movflags``.
+
+    ``"+faststart"`` puts the index before the media data; ``"frag_keyframe+empty_moov"`` writes a
+    fragmented MP4 (an empty index, then a ``moof`` box per keyframe).
+    """
+    with av.open(str(src)) as inp, av.open(str(dest), mode="w", format="mp4", options={"movflags": movflags}) as out:
+        streams = {stream.index: out.add_stream_from_template(stream) for stream in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dest
+
+
+def first_packet(path: Path, kind: str = "video") -> tuple[int, int]:
+    """``(byte offset, size)`` in the file of the first ``"video"`` or ``"audio"`` packet, per FFmpeg."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
+        for packet in container.demux(stream):
+            if packet.size:
+                return packet.pos, packet.size
+    raise AssertionError(f"no {kind} packets in {path}")
+
+
+def top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of each top-level MP4 box in ``data``."""
+    boxes = []
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, offset)
+        if size == 1:  # a 64-bit size follows the type
+            size = struct.unpack_from(">Q", data, offset + 8)[0]
+        elif size == 0:  # the box runs to the end of the file
+            size = len(data) - offset
+        boxes.append((kind, offset, size))
+        offset += size
+    return boxes

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
 from bot.app import App
@@ -20,7 +19,7 @@ from bot.config import Settings
 from bot.consent import enable_cameos
 from bot.consent.registration import TAKEN
 from bot.jobs import InputFile, JobState, Requester
-from tests.test_consent import FACE, NO_FACE, press, register, say, start
+from tests.test_consent import FACE, NO_FACE, SAMPLES, press, register, say, start
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,8 +36,15 @@ def _jpeg(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-SAME_FACE_OTHER_FILE = _jpeg(np.ascontiguousarray(skimage.data.astronaut()[:, ::-1]))  # mirrored, smaller, JPEG
-OTHER_PERSON = _png(skimage.data.camera())
+def _pixels(name: str) -> np.ndarray:
+    """A scikit-image sample's pixels, as ``skimage.data`` gives them (its reader takes ~0.3 s to load, in every
+    xdist worker that collects this module)."""
+    with Image.open(SAMPLES / name) as image:
+        return np.asarray(image)
+
+
+SAME_FACE_OTHER_FILE = _jpeg(np.ascontiguousarray(_pixels("astronaut.png")[:, ::-1]))  # mirrored, smaller, JPEG
+OTHER_PERSON = _png(_pixels("camera.png"))
 
 
 def upload(data: bytes, name: str = "me.png") -> tuple[InputFile, ...]:

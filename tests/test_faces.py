@@ -343,6 +343,28 @@ def test_the_same_picture_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(searched) == 5
 
 
+def test_a_picture_without_a_face_is_searched_once_whatever_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain reference is screened as sent and again when the same picture comes back (a retry, a remix): the
+    first full search that finds nothing answers ``has_face``, ``find_faces`` and ``face_embedding`` after it."""
+    monkeypatch.setattr(bot.faces, "_answers", bot.faces._Answers())
+    searched: list[bool] = []
+    real = bot.faces._search
+
+    def counted(data: bytes, slot, *, first_only: bool):  # type: ignore[no-untyped-def]
+        searched.append(first_only)
+        return real(data, slot, first_only=first_only)
+
+    monkeypatch.setattr(bot.faces, "_search", counted)
+    coffee, face = encode(shrunk(160)(picture("coffee.png"))), variant(shrunk(128))
+    assert not has_face(coffee) and not has_face(coffee)
+    assert find_faces(coffee) == [] and face_embedding(coffee) is None
+    assert searched == [True]
+    assert has_face(face) and has_face(face)  # a face found by the first-only search: still true when asked again
+    assert searched == [True, True]
+    assert len(find_faces(face)) == 1  # every face is another question: searched in full
+    assert searched == [True, True, False]
+
+
 def test_a_thin_pictures_turned_copies_are_searched_at_a_bounded_size() -> None:
     """A 4000x90 strip turned 60 degrees would be a canvas twenty times its size, mostly margin."""
     from bot.faces._detect import MAX_TURNED_AREA, searched_copy
@@ -355,3 +377,18 @@ def test_a_thin_pictures_turned_copies_are_searched_at_a_bounded_size() -> None:
         assert np.allclose(centre, [6667 / 2, 150 / 2], atol=3)  # the copy's pixels still map back onto the strip
     photo = np.zeros((750, 1333), dtype=np.uint8)  # a 16:9 photo's turned copies are searched at full size
     assert all(searched_copy(photo, angle)[2] == 1.0 for angle in (0, 60, 120, 180, 240, 300))
+
+
+def test_start_up_leaves_dlib_and_opencv_until_the_first_picture() -> None:
+    """``reelbot`` loads the app for every command; the face detector's libraries wait for a picture to screen."""
+    script = (
+        "import sys\n"
+        "import adapters.cli, adapters.console.run, bot.app\n"
+        "print(sorted(m for m in ('dlib', 'cv2', 'snowballstemmer') if m in sys.modules))\n"
+        "from bot.faces import has_face\n"
+        f"has_face(open({str(SAMPLES / 'coffee.png')!r}, 'rb').read())\n"
+        "print(sorted(m for m in ('dlib', 'cv2') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "['cv2', 'dlib']"], done.stdout

@@ -714,3 +714,24 @@ async def test_the_fake_streams_status_until_completed(fal: FakeFalQueue, provid
 
     assert events[-1]["status"] == "COMPLETED" and events[-1]["logs"] is None
     assert {e["status"] for e in events[:-1]} <= {"IN_QUEUE", "IN_PROGRESS"}
+
+
+# -- a signed webhook's result --------------------------------------------------------------------------
+
+
+async def test_a_webhook_result_spares_the_status_and_result_calls_and_a_bad_one_changes_nothing(
+    provider, fal: FakeFalQueue
+) -> None:
+    fal.plan(render_seconds=0.05)
+    video = await provider.create(spec())
+    await until_done(provider, fal, video.id)
+    # A payload without a usable URL (cut short, say) is not taken: the calls are made as before.
+    assert not provider.take_webhook_result(video.id, {"status": "OK", "payload": {"video": {}}})
+    assert not provider.take_webhook_result(video.id, {"status": "OK", "payload": None})
+    assert not provider.take_webhook_result(video.id, {"status": "OK", "payload": {"video": {"url": "file:///x"}}})
+    assert (fal.count("status"), fal.count("result")) == (0, 0)
+    url = f"{fal.queue_url}/cdn/files/elsewhere/output.mp4"
+    assert provider.take_webhook_result(video.id, {"status": "OK", "payload": {"video": {"url": url}}})
+    done = await provider.retrieve(video.id)
+    assert done.status is VideoStatus.COMPLETED and done.download_url == url
+    assert (fal.count("status"), fal.count("result")) == (0, 0)

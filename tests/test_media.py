@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import random
 import resource
+import struct
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bot import media
-from bot.media import MediaError, fit_reference, inspect_clip, probe_clip, shrink_to_fit, sniff_image_type
-from tests.media_factory import BLUE, GREEN, RED, decode_frame, image_bytes, make_clip, png_bomb, stream_facts
+from bot import media, mp4_index
+from bot.media import ClipInfo, MediaError, fit_reference, inspect_clip, probe_clip, shrink_to_fit, sniff_image_type
+from tests.media_factory import (
+    BLUE,
+    GREEN,
+    RED,
+    decode_frame,
+    first_packet,
+    image_bytes,
+    make_clip,
+    make_encoded_clip,
+    png_bomb,
+    remux_clip,
+    stream_facts,
+    top_level_boxes,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -261,6 +277,197 @@ def test_probe_clip_refuses_faststart_clip_cut_short(tmp_path: Path) -> None:
         cut.write_bytes(data[: int(len(data) * keep)])
         with pytest.raises(MediaError, match=r"incomplete|seconds long"):
             probe_clip(cut, seconds=2, size="160x120")
+
+
+# --------------------------------------------------------------------------- inspect_clip from the MP4 index
+
+_INCOMPLETE = "The clip is incomplete (the file was cut off part way)."
+_UNREADABLE = "The clip is not a readable video."
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """2 s 160x120 clips in the MP4 layouts encoders and providers write."""
+    base = tmp_path_factory.mktemp("layouts")
+    moov_last = make_clip(base / "moov_last.mp4", seconds=2)
+    bframes = make_encoded_clip(base / "bframes.mp4", options={"preset": "medium"})
+    return {
+        "moov_last": moov_last,
+        "faststart": remux_clip(moov_last, base / "faststart.mp4", movflags="+faststart"),
+        "silent": make_clip(base / "silent.mp4", seconds=2, audio=False),
+        "bframes": bframes,
+        "bframes_faststart": remux_clip(bframes, base / "bframes_faststart.mp4", movflags="+faststart"),
+        "hevc": make_encoded_clip(
+            base / "hevc.mp4", codec="libx265", options={"preset": "medium", "x265-params": "log-level=error"}
+        ),
+    }
+
+
+def _demuxed(path: Path, monkeypatch: pytest.MonkeyPatch) -> ClipInfo | str:
+    """What the full demuxer alone says of ``path``: its ``ClipInfo``, or the sentence it refuses it with."""
+
+    def unsupported(fd: int, size: int) -> mp4_index.Mp4Index:
+        raise mp4_index.Unsupported("made to demux")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(media.mp4_index, "read_index", unsupported)
+        try:
+            return inspect_clip(path)
+        except MediaError as exc:
+            return str(exc)
+
+
+def _count_demuxer_opens(monkeypatch: pytest.MonkeyPatch, *, allowed: bool = True) -> list[str]:
+    """Records every ``av.open``; with ``allowed=False`` each one fails the test instead."""
+    opened: list[str] = []
+    real_open = media.av.open
+
+    def spy(file: object, *args: object, **kwargs: object) -> object:
+        opened.append(str(file))
+        if not allowed:
+            raise AssertionError(f"{file} was demuxed")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(media.av, "open", spy)
+    return opened
+
+
+def _verdict(path: Path) -> ClipInfo | str:
+    try:
+        return inspect_clip(path)
+    except MediaError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("layout", ["moov_last", "faststart", "silent", "bframes", "bframes_faststart", "hevc"])
+def test_inspect_clip_reads_plain_mp4s_from_the_index_alone(
+    layouts: dict[str, Path], layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No container is opened, and the answer is the full demuxer's (the span of the video samples included)."""
+    path = layouts[layout]
+    expected = _demuxed(path, monkeypatch)
+    assert isinstance(expected, ClipInfo), expected
+    _count_demuxer_opens(monkeypatch, allowed=False)
+    info = inspect_clip(path)
+    assert info.duration == pytest.approx(expected.duration, abs=1e-6)
+    assert dataclasses.replace(info, duration=0) == dataclasses.replace(expected, duration=0)
+    assert (info.width, info.height, info.bytes) == (160, 120, path.stat().st_size)
+    assert abs(info.duration - 2) < 0.01
+    assert info.has_audio is (layout != "silent")
+    assert info.video_codec == ("hevc" if layout == "hevc" else "h264")
+
+
+def test_probe_clip_of_a_720p_clip_reads_only_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_clip(tmp_path / "hd.mp4", seconds=1, width=1280, height=720, fps=8)
+    _count_demuxer_opens(monkeypatch, allowed=False)
+    info = probe_clip(path, seconds=1, size="1280x720", tolerance=0.05)
+    assert (info.width, info.height, info.has_audio) == (1280, 720, True)
+
+
+def test_inspect_clip_demuxes_a_fragmented_mp4(
+    layouts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fragmented = remux_clip(layouts["moov_last"], tmp_path / "frag.mp4", movflags="frag_keyframe+empty_moov")
+    assert b"moof" in fragmented.read_bytes()
+    opened = _count_demuxer_opens(monkeypatch)
+    info = probe_clip(fragmented, seconds=2, size="160x120")
+    assert opened == [str(fragmented)]
+    assert (info.has_audio, info.video_codec, info.audio_codec) == (True, "h264", "aac")
+
+
+def test_inspect_clip_demuxes_a_codec_it_does_not_decode_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_encoded_clip(tmp_path / "mpeg4.mp4", codec="mpeg4")
+    opened = _count_demuxer_opens(monkeypatch)
+    info = inspect_clip(path)
+    assert opened == [str(path)]
+    assert (info.video_codec, info.width, info.height, info.has_audio) == ("mpeg4", 160, 120, True)
+    assert abs(info.duration - 2) < 0.01
+
+
+def _cut_points(path: Path) -> dict[str, int]:
+    data = path.read_bytes()
+    boxes = {kind: (offset, size) for kind, offset, size in top_level_boxes(data)}
+    moov, mdat = boxes[b"moov"], boxes[b"mdat"]
+    video_at, video_size = first_packet(path)
+    return {
+        "inside the moov": moov[0] + moov[1] // 2,
+        "at the moov's last byte": moov[0] + moov[1] - 1,
+        "inside the mdat": mdat[0] + mdat[1] // 2,
+        "inside the first frame": video_at + video_size // 2,
+        "at the last byte": len(data) - 1,
+    }
+
+
+@pytest.mark.parametrize("layout", ["moov_last", "faststart", "bframes_faststart", "silent"])
+def test_inspect_clip_refuses_a_clip_cut_anywhere(
+    layouts: dict[str, Path], layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused in the demuxer's own words where it refuses too, else as incomplete.
+
+    The demuxer lets some cuts through: a faststart clip missing its last bytes (the last, partial
+    sample still counts as a packet), or a moov missing the end of its metadata.
+    """
+    data = layouts[layout].read_bytes()
+    for where, keep in _cut_points(layouts[layout]).items():
+        cut = tmp_path / f"{layout}-{keep}.mp4"
+        cut.write_bytes(data[:keep])
+        demuxer_says = _demuxed(cut, monkeypatch)
+        with pytest.raises(MediaError) as refused:
+            inspect_clip(cut)
+        expected = demuxer_says if isinstance(demuxer_says, str) else _INCOMPLETE
+        assert str(refused.value) == expected, where
+
+
+def test_inspect_clip_refuses_an_index_promising_more_than_the_file_holds(
+    layouts: dict[str, Path], tmp_path: Path
+) -> None:
+    """The file is cut and its mdat box shortened to match: the boxes fit, the samples don't."""
+    data = bytearray(layouts["faststart"].read_bytes())
+    (_, mdat_at, mdat_size) = next(box for box in top_level_boxes(bytes(data)) if box[0] == b"mdat")
+    keep = mdat_at + mdat_size * 3 // 4
+    struct.pack_into(">I", data, mdat_at, keep - mdat_at)
+    cut = tmp_path / "short.mp4"
+    cut.write_bytes(bytes(data[:keep]))
+    with pytest.raises(MediaError, match=r"incomplete \(the file was cut off part way\)"):
+        probe_clip(cut, seconds=2, size="160x120")
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+@pytest.mark.parametrize("layout", ["moov_last", "bframes_faststart", "hevc"])
+def test_inspect_clip_refuses_a_garbage_first_frame(
+    layouts: dict[str, Path], layout: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytearray(layouts[layout].read_bytes())
+    at, size = first_packet(layouts[layout], kind)
+    data[at : at + size] = random.Random(size).randbytes(size)
+    broken = tmp_path / "garbage.mp4"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match=_UNREADABLE):
+        inspect_clip(broken)
+    assert _demuxed(broken, monkeypatch) == _UNREADABLE
+
+
+@pytest.mark.parametrize("edit", ["ends half way", "empty", "starts late"])
+def test_inspect_clip_leaves_unusual_edit_lists_to_the_demuxer(
+    layouts: dict[str, Path], edit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit list can make FFmpeg drop or move samples, so only the plain ones are read from the index."""
+    data = bytearray(layouts["bframes"].read_bytes())
+    elst = data.index(b"elst")  # the video track's: it comes first
+    duration, media_time = struct.unpack_from(">Ii", data, elst + 12)  # after version, flags and count
+    if edit == "ends half way":
+        duration //= 2
+    elif edit == "empty":
+        media_time = -1
+    else:
+        media_time += 2048
+    struct.pack_into(">Ii", data, elst + 12, duration, media_time)
+    path = tmp_path / "edited.mp4"
+    path.write_bytes(bytes(data))
+    expected = _demuxed(path, monkeypatch)
+    opened = _count_demuxer_opens(monkeypatch)
+    assert _verdict(path) == expected
+    assert opened == [str(path)]
 
 
 # --------------------------------------------------------------------------- shrink_to_fit

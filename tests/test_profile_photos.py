@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import skimage
-import skimage.data
 from aiohttp import web
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
@@ -37,7 +36,15 @@ from tests.fakes.slack_api import TEAM_ID, FakeSlack, SlackBot, slack_env, start
 pytestmark = pytest.mark.timeout(120)
 
 ALICE, BOB, ADMIN = "U_ALICE", "U_BOB", "U_ADMIN"
-FACE = (Path(skimage.__file__).parent / "data" / "astronaut.png").read_bytes()
+SAMPLES = Path(skimage.__file__).parent / "data"
+FACE = (SAMPLES / "astronaut.png").read_bytes()
+
+
+def _pixels(name: str) -> np.ndarray:
+    """A scikit-image sample's pixels, as ``skimage.data`` gives them (its reader takes ~0.3 s to load, in every
+    xdist worker that collects this module)."""
+    with Image.open(SAMPLES / name) as image:
+        return np.asarray(image)
 
 
 def _encoded(array: np.ndarray, kind: str) -> bytes:
@@ -47,8 +54,8 @@ def _encoded(array: np.ndarray, kind: str) -> bytes:
 
 
 # The same person as FACE in another file: mirrored and smaller, as a profile picture would be.
-SAME_FACE_PNG = _encoded(np.ascontiguousarray(skimage.data.astronaut()[:, ::-1]), "PNG")
-OTHER_PERSON = _encoded(skimage.data.camera(), "PNG")
+SAME_FACE_PNG = _encoded(np.ascontiguousarray(_pixels("astronaut.png")[:, ::-1]), "PNG")
+OTHER_PERSON = _encoded(_pixels("camera.png"), "PNG")
 TOO_BIG = b"\x89PNG\r\n\x1a\n" + bytes(6 * 1024 * 1024)  # a PNG's magic bytes, then more than any cap
 
 

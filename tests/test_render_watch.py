@@ -30,8 +30,10 @@ async def quick_sleep(_seconds: float) -> None:
     await asyncio.sleep(0)
 
 
-def client(fake: FakeVideosServer) -> OpenAIVideosProvider:
-    return OpenAIVideosProvider(api_key=fake.api_key, base_url=fake.base_url, sleep=quick_sleep, request_timeout=5.0)
+def client(fake: FakeVideosServer, request_timeout: float = 5.0) -> OpenAIVideosProvider:
+    return OpenAIVideosProvider(
+        api_key=fake.api_key, base_url=fake.base_url, sleep=quick_sleep, request_timeout=request_timeout
+    )
 
 
 async def create_many(provider: OpenAIVideosProvider, count: int) -> list[str]:
@@ -211,7 +213,9 @@ async def busy_app(make_settings: Callable[..., Settings]) -> AsyncIterator[tupl
         settings = make_settings(
             REELBOT_MAX_JOBS_IN_FLIGHT=20, REELBOT_MAX_JOBS_PER_USER=20, REELBOT_USER_BUDGET_USD=100
         )
-        app = await build_app(settings, provider=client(fake))
+        # Sixteen downloads at once from a fake on this test's own event loop: on a busy machine one can take
+        # longer than 5 s, and the client rightly tries it again (a second download of the same clip).
+        app = await build_app(settings, provider=client(fake, request_timeout=30.0))
         app.bot.register(ConsoleDelivery(quiet=True))
         app.worker.tick_seconds = 0.05
         await app.worker.start()

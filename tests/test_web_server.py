@@ -102,6 +102,8 @@ async def test_a_client_trickling_a_body_is_dropped_with_408(serve, echo: Echo) 
     feeder = asyncio.create_task(trickle())
     try:
         answer = await read_all(reader, within=5)
+    except ConnectionResetError:  # dropped with our last headers unread: the kernel sends a reset, not a FIN
+        answer = b""
     finally:
         feeder.cancel()
         writer.close()
@@ -127,6 +129,8 @@ async def test_a_client_trickling_headers_is_dropped(serve, echo: Echo) -> None:
     feeder = asyncio.create_task(trickle())
     try:
         answer = await read_all(reader, within=5)
+    except ConnectionResetError:  # dropped with our last headers unread: the kernel sends a reset, not a FIN
+        answer = b""
     finally:
         feeder.cancel()
         writer.close()

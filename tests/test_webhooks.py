@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -73,11 +74,15 @@ class Calls:
     """What ``on_webhook`` was called with; it can be held to show the answer does not wait for it."""
 
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    results: list[dict[str, Any] | None] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __call__(self, provider: str, request_id: str, job_id: str | None) -> None:
+    async def __call__(
+        self, provider: str, request_id: str, job_id: str | None, *, result: dict[str, Any] | None = None
+    ) -> None:
         self.seen.append((provider, request_id, job_id))
+        self.results.append(result)
         self.arrived.set()
         await self.release.wait()
 
@@ -191,6 +196,14 @@ async def test_a_signed_fal_webhook_is_answered_at_once_and_then_handed_on(rig: 
     assert status == 200
     assert (await rig.settled())[-1] == ("fal", "req-2", None)  # an odd job hint is dropped, not passed on
     assert rig.jwks.fetches == 1
+    # A signed OK delivery hands its whole body on (fal allows using a verified payload); an ERROR one
+    # is only a nudge, so the status call decides how the render failed.
+    assert rig.calls.results == [json.loads(body), json.loads(body2)]
+    failed = fal_body("req-3", status="ERROR")
+    status, _ = await rig.post("/webhooks/fal?job=job_abc-3", failed, fal_headers(rig.key, failed, request_id="req-3"))
+    assert status == 200
+    assert (await rig.settled())[-1] == ("fal", "req-3", "job_abc-3")
+    assert rig.calls.results[-1] is None
 
 
 async def test_bad_fal_webhooks_get_401_change_nothing_and_log_briefly(

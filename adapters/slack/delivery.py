@@ -17,6 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.blocks import card_blocks, card_text, reply_blocks, slack_text
 from bot import texts
+from bot.clip_stream import ClipStream, ClipStreamBroken
 from bot.delivery import CardView, DeliveryError
 from bot.jobs import Job
 
@@ -156,6 +157,10 @@ class SlackDelivery:
     def clip_name(job: Job) -> str:
         return f"reelbot-{job.id}.mp4"
 
+    @staticmethod
+    def clip_title(job: Job) -> str:
+        return slack_text(f"{texts.short_prompt(job.prompt, 60)} ({texts.AI_LABEL})")
+
     async def post_clip(self, job: Job, clip: Path, caption: str) -> str:
         try:
             response = await self.client.files_upload_v2(
@@ -163,7 +168,7 @@ class SlackDelivery:
                 thread_ts=self.thread_of(job),
                 file=str(clip),
                 filename=self.clip_name(job),
-                title=slack_text(f"{texts.short_prompt(job.prompt, 60)} ({texts.AI_LABEL})"),
+                title=self.clip_title(job),
                 initial_comment=slack_text(caption, people=(job.user_id,)),
             )
         except _TRANSPORT_ERRORS as exc:
@@ -171,6 +176,59 @@ class SlackDelivery:
             raise delivery_error(exc, "upload the clip") from None
         file = response.get("file") or next(iter(response.get("files") or []), None) or {}
         return str(file.get("id") or f"upload:{job.id}")
+
+    async def stage_clip(self, job: Job, source: ClipStream) -> str:
+        """The first two steps of ``files_upload_v2``: an upload URL, then the bytes; returns the file id.
+
+        The bytes are sent as ``source`` yields them, with the declared length (Slack needs it for
+        the upload URL). Nothing shows in Slack until ``share_clip`` completes the upload; an upload
+        never completed is dropped by Slack. The bytes go over the client's pooled session, as
+        slack_sdk sends them.
+        """
+        try:
+            length = await source.size()
+        except ClipStreamBroken as exc:
+            raise DeliveryError(f"The clip could not be sent while downloading ({exc}).") from None
+        try:
+            answer = await self.client.files_getUploadURLExternal(filename=self.clip_name(job), length=length)
+            upload_url, file_id = answer.get("upload_url"), answer.get("file_id")
+            if not isinstance(upload_url, str) or not isinstance(file_id, str):
+                raise DeliveryError("Slack did not give an upload address for the clip.")
+            session = self.client.session
+            owned = session is None or session.closed
+            if owned:
+                session = aiohttp.ClientSession()
+            assert session is not None
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.client.timeout)
+                headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+                async with session.post(upload_url, data=source.chunks(), headers=headers, timeout=timeout) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise DeliveryError(f"Slack did not take the clip's bytes (HTTP {response.status}).")
+            finally:
+                if owned:
+                    await session.close()
+        except ClipStreamBroken as exc:
+            raise DeliveryError(f"The clip could not be sent while downloading ({exc}).") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise delivery_error(exc, "upload the clip") from None
+        return file_id
+
+    async def share_clip(self, job: Job, staged: str, caption: str) -> str:
+        """Completes a staged upload into the job's thread: only now does the clip show."""
+        try:
+            response = await self.client.files_completeUploadExternal(
+                files=[{"id": staged, "title": self.clip_title(job)}],
+                channel_id=job.channel_id,
+                thread_ts=self.thread_of(job),
+                initial_comment=slack_text(caption, people=(job.user_id,)),
+            )
+        except _TRANSPORT_ERRORS as exc:
+            log.warning("sharing the clip of job %s failed: %s", job.id, slack_error_code(exc) or type(exc).__name__)
+            raise delivery_error(exc, "upload the clip") from None
+        file = next(iter(response.get("files") or []), None) or {}
+        return str(file.get("id") or staged)
 
     async def find_clip(self, job: Job) -> str | None:
         """The id of ``reelbot-<job id>.mp4`` if it is already in the job's thread (or the channel)."""

@@ -13,8 +13,10 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import snowballstemmer
+if TYPE_CHECKING:
+    import snowballstemmer
 
 MAX_WORDS = 50  # per cameo
 MAX_WORD_CHARS = 40
@@ -25,6 +27,8 @@ _TOKEN = re.compile(r"\w+")
 
 @functools.cache
 def _stemmer() -> snowballstemmer.stemmer:
+    import snowballstemmer  # its stemmers for every language take ~30 ms to import: only when words are compared
+
     return snowballstemmer.stemmer("english")
 
 

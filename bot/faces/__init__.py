@@ -17,13 +17,15 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from bot.faces._decode import MAX_PIXELS, Working, working_image
-from bot.faces._detect import Hit, detect, distinct, searched_copy
 from bot.faces._models import MAX_CONCURRENT, Models, models
+
+if TYPE_CHECKING:
+    from bot.faces._detect import Hit
 
 __all__ = [
     "EMBEDDING_MODEL",
@@ -64,6 +66,8 @@ class FaceBox:
 
 
 def _box(hit: Hit, working: Working) -> FaceBox:
+    import cv2
+
     left, top, width, height = cv2.boundingRect((hit.corners * working.to_original).astype(np.float32))
     img_w, img_h = working.original_size
     left, top = max(0, left), max(0, top)
@@ -72,11 +76,13 @@ def _box(hit: Hit, working: Working) -> FaceBox:
 
 
 def _search(image_bytes: bytes, slot: Models, *, first_only: bool) -> tuple[Working | None, list[Hit]]:
+    # OpenCV and dlib load with the first picture screened: start-up and every command without a picture skip them.
+    from bot.faces._detect import detect_faces
+
     working = working_image(image_bytes)
     if working is None:
         return None, []
-    gray = cv2.cvtColor(working.rgb, cv2.COLOR_RGB2GRAY)
-    return working, distinct(detect(slot.detector, gray, first_only=first_only))
+    return working, detect_faces(slot.detector, working.rgb, first_only=first_only)
 
 
 class _Answers:
@@ -84,7 +90,8 @@ class _Answers:
 
     A registration screens the picture and then takes its embedding; a reference is screened as sent and as
     fitted; a cameo is compared with every registered one. Searching costs up to a second of CPU, an answer a
-    few hundred bytes, so the last ``size`` answers of each kind are kept (thread-safe, least recently used out).
+    few hundred bytes, so the last ``size`` answers are kept (thread-safe, least recently used out). A picture
+    ``has_face`` searched in full without finding a face is known to show none, whatever is asked about it next.
     """
 
     def __init__(self, size: int = 256) -> None:
@@ -134,10 +141,14 @@ def has_face(image_bytes: bytes) -> bool:
     known = _answers.get("faces", digest)
     if isinstance(known, tuple):
         return bool(known)
-    if isinstance(_answers.get("embedding", digest), np.ndarray):
+    if isinstance(_answers.get("embedding", digest), np.ndarray) or _answers.get("has_face", digest) is True:
         return True
     with models() as slot:
         _working, hits = _search(image_bytes, slot, first_only=True)
+    if hits:
+        _answers.put("has_face", digest, True)
+    else:  # every turn was searched and nothing found: that is find_faces' answer too
+        _answers.put("faces", digest, ())
     return bool(hits)
 
 
@@ -156,6 +167,8 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
     known = _answers.get("embedding", digest)
     if known is not None:
         return None if isinstance(known, str) else np.array(known, dtype=np.float32)
+    if _answers.get("faces", digest) == ():
+        return None  # searched before, and no face was found
     with models() as slot:
         working, hits = _search(image_bytes, slot, first_only=False)
         if working is None or not hits:
@@ -163,6 +176,8 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
             return None
         confident = [hit for hit in hits if hit.score >= EMBED_MIN_SCORE] or [max(hits, key=lambda h: h.score)]
         largest = max(confident, key=lambda h: h.rect.area())
+        from bot.faces._detect import searched_copy
+
         rgb, _back, _scale = searched_copy(working.rgb, largest.angle)  # the copy the face was found in
         shape = slot.landmarks(rgb, largest.rect)
         descriptor = slot.recogniser.compute_face_descriptor(rgb, shape)

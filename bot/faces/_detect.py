@@ -111,6 +111,12 @@ def detect(
     return hits
 
 
+def detect_faces(detector: dlib.fhog_object_detector, rgb: np.ndarray, *, first_only: bool = False) -> list[Hit]:
+    """One hit per face in an RGB working image (only the first face found, with ``first_only``)."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return distinct(detect(detector, gray, first_only=first_only))
+
+
 def distinct(hits: list[Hit]) -> list[Hit]:
     """One hit per face: the best-scoring of hits whose centres are closer than half their size.
 

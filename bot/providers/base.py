@@ -6,11 +6,13 @@ see providers, and the worker only sees this interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from bot.clip_stream import ClipStream
 
 
 class VideoStatus(StrEnum):
@@ -185,8 +187,12 @@ class VideoProvider(Protocol):
         """The current status of a render."""
         ...
 
-    async def download(self, video_id: str, dest: Path) -> int:
-        """Streams the finished MP4 to ``dest`` and returns its size in bytes."""
+    async def download(self, video_id: str, dest: Path, *, stream: ClipStream | None = None) -> int:
+        """Streams the finished MP4 to ``dest`` and returns its size in bytes.
+
+        ``stream``, when given, gets the bytes as they are written (``bot.clip_stream``); a provider
+        that cannot feed it leaves it alone.
+        """
         ...
 
     async def delete(self, video_id: str) -> None:
@@ -227,4 +233,13 @@ class VideoProvider(Protocol):
 
     async def aclose(self) -> None:
         """Releases connections and background tasks."""
+        ...
+
+
+@runtime_checkable
+class TakesWebhookResults(Protocol):
+    """A provider whose signed webhooks carry the finished render's result (fal), so it can skip asking."""
+
+    def take_webhook_result(self, video_id: str, body: Mapping[str, Any]) -> bool:
+        """Remembers what a verified ``OK`` webhook says; True when the render's result was in it."""
         ...

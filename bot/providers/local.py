@@ -49,6 +49,7 @@ import numpy as np
 from av.video.reformatter import Colorspace
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
+from bot.clip_stream import ClipStream
 from bot.providers.base import (
     ErrorKind,
     ProviderError,
@@ -694,8 +695,11 @@ class LocalRenderer:
         self._start(video_id, *found)
         return ProviderVideo(id=video_id, status=VideoStatus.IN_PROGRESS, progress=0, poll_after=1.0)
 
-    async def download(self, video_id: str, dest: Path) -> int:
-        """Copies the finished clip to ``dest`` (via a temp file and rename) and returns its size."""
+    async def download(self, video_id: str, dest: Path, *, stream: ClipStream | None = None) -> int:
+        """Copies the finished clip to ``dest`` (via a temp file and rename) and returns its size.
+
+        A local copy takes no time worth overlapping: ``stream`` is left alone (the worker aborts it).
+        """
         self._check_id(video_id)
         source = self._path(video_id, ".mp4")
         if not source.exists():

@@ -23,6 +23,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bot.providers._http import tls_context
 from bot.web.ratelimited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class FalWebhookVerifier:
         self._url = jwks_url
         self._user_id = user_id
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0), follow_redirects=False, verify=tls_context()
+        )
         self._refresh_interval_s = refresh_interval_s
         self._max_age_s = max_age_s
         self._tolerance_s = tolerance_s

@@ -1,9 +1,12 @@
 """Provider webhooks: ``POST /webhooks/fal`` and ``POST /webhooks/openrouter``.
 
-A webhook is only a nudge that a render finished: the signature is checked on the raw bytes before
-the body is parsed, the answer goes out at once, and the injected ``on_webhook(provider,
-provider_request_id, job_id)`` runs afterwards (the lead wires it to the worker, which finds the job
-and asks its render watcher to ``poll_now``; the provider's own status stays the truth). The URL
+A webhook wakes a render's watch at once: the signature is checked on the raw bytes before the
+body is parsed, the answer goes out at once, and the injected ``on_webhook(provider,
+provider_request_id, job_id)`` runs afterwards (wired to the worker, which finds the job and asks its
+render watcher to ``poll_now``). A signed fal delivery that says ``OK`` also hands over its body as
+``result=`` (fal's docs: "after verifying, it is fine to use payload"), so the watch learns the clip's
+URL without a status and a result call; anything else is only a nudge, and the provider's own status
+stays the truth. The URL
 reelbot hands providers is ``{REELBOT_PUBLIC_URL}/webhooks/<provider>?job=<job id>``; the ``job``
 query is passed through as a hint only (it is not signed, so the worker checks it against the job's
 stored provider id).
@@ -25,6 +28,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -36,7 +40,19 @@ log = logging.getLogger(__name__)
 
 FAL_PATH = "/webhooks/fal"
 OPENROUTER_PATH = "/webhooks/openrouter"
-OnWebhook = Callable[[str, str, str | None], Awaitable[None]]
+
+
+class OnWebhook(Protocol):
+    """Called after the answer: (provider, provider request id, job id hint or None).
+
+    ``result`` is given only for a signed fal delivery whose status is ``OK``: its whole JSON body.
+    """
+
+    def __call__(
+        self, provider: str, provider_request_id: str, job_id: str | None, /, *, result: dict[str, Any] | None = ...
+    ) -> Awaitable[object]: ...
+
+
 _JOB_HINT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -70,7 +86,7 @@ class Webhooks:
     """The webhook routes; mount ``routes()`` on the ``WebServer`` and close with ``aclose()``.
 
     Args:
-        on_webhook: called after the answer with (provider, provider request id, job id hint or None).
+        on_webhook: called after the answer (see ``OnWebhook``).
         fal: the fal verifier (JWKS and user id); None: the fal route is not mounted.
         openrouter_secret: ``OPENROUTER_WEBHOOK_SECRET``; None: every OpenRouter delivery is refused.
         openrouter: mount the OpenRouter route at all.
@@ -144,7 +160,8 @@ class Webhooks:
         if body.get("request_id") not in (None, request_id):
             return self._malformed("fal", "the body names another request than its signed header")
         status = body.get("status")
-        return self._accept("fal", request_id, str(status) if isinstance(status, str) else "", request)
+        result = body if status == "OK" else None
+        return self._accept("fal", request_id, str(status) if isinstance(status, str) else "", request, result=result)
 
     # --- OpenRouter -----------------------------------------------------------------------------
 
@@ -176,20 +193,31 @@ class Webhooks:
         self._refused[provider].note("refused a signed %s webhook: %s", provider, why)
         return web.json_response({"error": why}, status=400)
 
-    def _accept(self, provider: str, request_id: str, status: str, request: web.Request) -> web.Response:
+    def _accept(
+        self,
+        provider: str,
+        request_id: str,
+        status: str,
+        request: web.Request,
+        *,
+        result: dict[str, Any] | None = None,
+    ) -> web.Response:
         hint = request.query.get("job")
         job_id = hint if hint is not None and _JOB_HINT.fullmatch(hint) else None
         key = (provider, request_id, status)
         if self._seen.add(key):
-            task = asyncio.create_task(self._deliver(key, job_id), name=f"reelbot-webhook-{provider}")
+            task = asyncio.create_task(self._deliver(key, job_id, result), name=f"reelbot-webhook-{provider}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return web.json_response({"ok": True})
 
-    async def _deliver(self, key: tuple[str, ...], job_id: str | None) -> None:
+    async def _deliver(self, key: tuple[str, ...], job_id: str | None, result: dict[str, Any] | None) -> None:
         provider, request_id = key[0], key[1]
         try:
-            await self._on_webhook(provider, request_id, job_id)
+            if result is None:
+                await self._on_webhook(provider, request_id, job_id)
+            else:
+                await self._on_webhook(provider, request_id, job_id, result=result)
         except asyncio.CancelledError:
             self._seen.forget(key)
             raise

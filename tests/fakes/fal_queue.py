@@ -297,6 +297,11 @@ class FalPlan:
         chunked: send ``video_size`` without a Content-Length (the client must count).
         content_type: the CDN's Content-Type.
         webhook_drop: never deliver this request's webhook (a lost webhook).
+        cdn_pause: with ``video_bytes``, the CDN sends the first half, waits for this event, then the rest.
+        cdn_cut_once: with ``video_bytes``, the first CDN answer sends half the declared bytes and drops
+            the connection; later ones are whole.
+        cdn_rate: with ``video_bytes``, the CDN sends no faster than this many bytes per second (a
+            shaped link; benchmarks).
     """
 
     queue_seconds: float | None = None
@@ -312,6 +317,9 @@ class FalPlan:
     content_type: str = "video/mp4"
     chunked: bool = False
     webhook_drop: bool = False
+    cdn_pause: asyncio.Event | None = None
+    cdn_cut_once: bool = False
+    cdn_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -895,6 +903,34 @@ class FakeFalQueue(FakeServer):
                 piece = min(left, _STREAM_CHUNK)
                 await response.write(bytes(piece))
                 left -= piece
+            await response.write_eof()
+            return response
+        if plan.video_bytes is not None and (plan.cdn_pause is not None or plan.cdn_cut_once):
+            data = plan.video_bytes
+            response = web.StreamResponse(headers={"Content-Type": plan.content_type})
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            if plan.cdn_cut_once:
+                plan.cdn_cut_once = False
+                assert request.transport is not None
+                request.transport.close()  # half the declared bytes, then the connection is gone
+                return response
+            assert plan.cdn_pause is not None
+            await plan.cdn_pause.wait()
+            await response.write(data[len(data) // 2 :])
+            await response.write_eof()
+            return response
+        if plan.video_bytes is not None and plan.cdn_rate is not None:
+            data, loop = plan.video_bytes, asyncio.get_running_loop()
+            response = web.StreamResponse(headers={"Content-Type": plan.content_type})
+            response.content_length = len(data)
+            await response.prepare(request)
+            started = loop.time()
+            for sent in range(0, len(data), 64 << 10):
+                piece = data[sent : sent + (64 << 10)]
+                await response.write(piece)
+                await asyncio.sleep(max(0.0, started + (sent + len(piece)) / plan.cdn_rate - loop.time()))
             await response.write_eof()
             return response
         return web.Response(body=await self._clip(fal_request), content_type=plan.content_type)

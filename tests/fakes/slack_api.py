@@ -133,6 +133,8 @@ class FakeSlack:
         self.ephemerals: list[dict] = []
         self.responses: list[dict] = []  # what the bot POSTed to response_urls
         self.uploads: list[Upload] = []
+        #: When set, upload bodies are read at this many bytes per second (a shaped link; benchmarks).
+        self.upload_rate: float | None = None
         self.views: dict[str, dict] = {}
         self.files: dict[str, dict] = {}  # file id -> file object (attachments and uploads)
         self.file_bytes: dict[str, bytes] = {}
@@ -549,7 +551,10 @@ class FakeSlack:
             return web.Response(status=404, text="unknown upload")
         if request.headers.get("Authorization"):
             return web.Response(status=400, text="no auth expected on the upload URL")
-        pending["data"] = await request.read()
+        if self.upload_rate is None:
+            pending["data"] = await request.read()
+        else:
+            pending["data"] = await _read_paced(request, self.upload_rate)
         return web.Response(text=f"OK - {len(pending['data'])}", content_type="text/plain")
 
     def _m_files_completeUploadExternal(self, args: dict) -> dict | str:
@@ -1029,3 +1034,14 @@ async def start_slack_bot(fake: FakeSlack, settings: Any, *, provider: Any = Non
     if worker:
         await app.worker.start()
     return SlackBot(fake=fake, app=app, adapter=adapter)
+
+
+async def _read_paced(request: web.Request, rate: float) -> bytes:
+    """Reads a body no faster than ``rate`` bytes per second, as a link of that speed would deliver it."""
+    loop = asyncio.get_running_loop()
+    started, parts, got = loop.time(), [], 0
+    async for piece in request.content.iter_chunked(64 << 10):
+        parts.append(piece)
+        got += len(piece)
+        await asyncio.sleep(max(0.0, started + got / rate - loop.time()))
+    return b"".join(parts)

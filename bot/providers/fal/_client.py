@@ -23,14 +23,21 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from bot.providers._http import UNSENT_ERRORS, StatusFailure, error_from_transport, retry_after_seconds
+from bot.clip_stream import ClipStream
+from bot.providers._http import (
+    UNSENT_ERRORS,
+    StatusFailure,
+    error_from_transport,
+    retry_after_seconds,
+    tls_context,
+)
 from bot.providers._secret import Secret
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec, VideoStatus
 from bot.providers.fal._download import stream_to_file
@@ -137,12 +144,15 @@ class FalProvider:
         self._queue = httpx.AsyncClient(
             base_url=self._root,
             transport=transport,
+            verify=tls_context(),
             timeout=timeout,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
         )
         # A separate client for output files: it has no key to leak, whatever a URL or redirect says.
-        self._cdn = httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": USER_AGENT})
+        self._cdn = httpx.AsyncClient(
+            transport=transport, verify=tls_context(), timeout=timeout, headers={"User-Agent": USER_AGENT}
+        )
         self._results: _Lru = _Lru()  # video id -> video.url
         self._started: _Lru = _Lru()  # video id -> when it was first seen (or assumed) running
         self._queued_seen: _Lru = _Lru()  # video ids this process saw IN_QUEUE
@@ -216,8 +226,10 @@ class FalProvider:
             return await self._result(video_id, handle, failure)
         raise ProviderError(ErrorKind.BAD_RESPONSE, f"fal answered an unknown status {status!r}", retryable=True)
 
-    async def download(self, video_id: str, dest: Path) -> int:
+    async def download(self, video_id: str, dest: Path, *, stream: ClipStream | None = None) -> int:
         """Streams ``video.url`` to ``dest`` without the fal key; returns the byte count.
+
+        ``stream`` reads along (see ``bot.clip_stream``); a retried attempt aborts it.
 
         Raises:
             ProviderError: the render's own error when it failed; BAD_REQUEST when it is not
@@ -236,9 +248,25 @@ class FalProvider:
             raise ProviderError(ErrorKind.BAD_RESPONSE, f"fal's video.url is not http(s): {url[:80]!r}")
 
         async def attempt() -> int:
-            return await stream_to_file(self._cdn, url, dest, max_bytes=self._max_download)
+            return await stream_to_file(self._cdn, url, dest, max_bytes=self._max_download, stream=stream)
 
         return await self._with_retries("download", attempt, cdn=True)
+
+    def take_webhook_result(self, video_id: str, body: Mapping[str, Any]) -> bool:
+        """Keeps the clip's URL from a signed webhook whose status is ``OK``; True when it had one.
+
+        fal's docs allow using a verified webhook's ``payload``; with its ``video.url`` known, the
+        next ``retrieve`` answers COMPLETED without a status and a result call (a webhook without a
+        usable URL, say a truncated payload, changes nothing: the calls are made as before).
+        """
+        payload = body.get("payload")
+        video = payload.get("video") if isinstance(payload, dict) else None
+        url = video.get("url") if isinstance(video, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            return False
+        self._results.put(video_id, url)
+        self._finished(video_id, ProviderVideo(id=video_id, status=VideoStatus.COMPLETED))
+        return True
 
     async def delete(self, video_id: str) -> None:
         """Cancels the request (best effort): already completed (400) and unknown (404) count as done.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from bot.clip_stream import ClipStream
 from bot.providers._download import write_video
 from bot.providers._http import StatusFailure, read_capped
 
@@ -19,7 +20,9 @@ _MAX_ERROR_BODY = 16 << 10
 _ACCEPT = "video/mp4, application/octet-stream;q=0.9, */*;q=0.1"
 
 
-async def stream_to_file(client: httpx.AsyncClient, url: str, dest: Path, *, max_bytes: int) -> int:
+async def stream_to_file(
+    client: httpx.AsyncClient, url: str, dest: Path, *, max_bytes: int, stream: ClipStream | None = None
+) -> int:
     """One download attempt; returns the byte count.
 
     Raises:
@@ -31,4 +34,4 @@ async def stream_to_file(client: httpx.AsyncClient, url: str, dest: Path, *, max
         if not response.is_success:
             body = await read_capped(response, limit=_MAX_ERROR_BODY)
             raise StatusFailure(status=response.status_code, headers=response.headers, body=body)
-        return await write_video(response, dest, max_bytes=max_bytes, bad_body_retryable=False)
+        return await write_video(response, dest, max_bytes=max_bytes, bad_body_retryable=False, stream=stream)

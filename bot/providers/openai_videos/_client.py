@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from bot.clip_stream import ClipStream
 from bot.providers._download import write_video
 from bot.providers._http import (
     UNSENT_ERRORS,
@@ -37,6 +38,7 @@ from bot.providers._http import (
     parse_json,
     read_capped,
     request_headers,
+    tls_context,
     video_path,
 )
 from bot.providers._secret import Secret
@@ -100,6 +102,7 @@ class OpenAIVideosProvider:
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
             transport=transport,
+            verify=tls_context(),
             timeout=httpx.Timeout(request_timeout, connect=min(request_timeout, 10.0)),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
@@ -155,8 +158,8 @@ class OpenAIVideosProvider:
                 return
             raise
 
-    async def download(self, video_id: str, dest: Path) -> int:
-        """Streams ``/videos/{id}/content`` to ``dest`` and returns the byte count.
+    async def download(self, video_id: str, dest: Path, *, stream: ClipStream | None = None) -> int:
+        """Streams ``/videos/{id}/content`` to ``dest`` and returns the byte count (``stream`` reads along).
 
         The body goes to a temporary file next to ``dest`` in 1 MiB chunks and is renamed over
         ``dest`` only when complete, so a crash never leaves a truncated clip under the final
@@ -169,7 +172,7 @@ class OpenAIVideosProvider:
         """
         path = self._path(video_id, "content")
         try:
-            return await self._download(path, dest, send_key=True)
+            return await self._download(path, dest, send_key=True, stream=stream)
         except ProviderError as error:
             if error.status_code != 404:
                 raise
@@ -179,7 +182,7 @@ class OpenAIVideosProvider:
             if url is None:
                 raise
             log.info("openai download: /content answered 404, using the video's download URL")
-            return await self._download(url, dest, send_key=self._same_origin(url))
+            return await self._download(url, dest, send_key=self._same_origin(url), stream=stream)
 
     async def retrieve_many(self, video_ids: Collection[str], *, since: float) -> dict[str, ProviderVideo]:
         """Pages through ``GET /videos`` newest first (100 a page) until every id is found.
@@ -364,14 +367,14 @@ class OpenAIVideosProvider:
             log.info("openai %s: %s; retry %d/%d in %.2fs", op, reason, retries, policy.max_retries, delay)
             await self._sleep(delay)
 
-    async def _download(self, url: str, dest: Path, *, send_key: bool) -> int:
+    async def _download(self, url: str, dest: Path, *, send_key: bool, stream: ClipStream | None) -> int:
         async def attempt() -> int:
             headers = self._headers(send_key=send_key, accept="application/binary")
             async with self._client.stream("GET", url, headers=headers, follow_redirects=True) as response:
                 if not response.is_success:
                     body = await read_capped(response, limit=_MAX_ERROR_BODY)
                     raise StatusFailure(status=response.status_code, headers=response.headers, body=body)
-                return await write_video(response, dest, max_bytes=None, bad_body_retryable=True)
+                return await write_video(response, dest, max_bytes=None, bad_body_retryable=True, stream=stream)
 
         return await self._with_retries("download", attempt, resend_after_send=True)
 

@@ -39,8 +39,9 @@ from typing import Any
 
 import httpx
 
+from bot.clip_stream import ClipStream
 from bot.providers._download import write_video
-from bot.providers._http import parse_json, read_capped, request_headers, video_path
+from bot.providers._http import parse_json, read_capped, request_headers, tls_context, video_path
 from bot.providers._secret import Secret
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec, VideoStatus
 from bot.providers.openrouter._errors import error_from_status, error_from_transport, shorten
@@ -110,6 +111,7 @@ class OpenRouterProvider:
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
             transport=transport,
+            verify=tls_context(),
             timeout=httpx.Timeout(request_timeout, connect=min(request_timeout, 10.0)),
             headers=headers,
             follow_redirects=False,
@@ -154,10 +156,11 @@ class OpenRouterProvider:
             self._first_seen.pop(video_id, None)
         return video
 
-    async def download(self, video_id: str, dest: Path) -> int:
+    async def download(self, video_id: str, dest: Path, *, stream: ClipStream | None = None) -> int:
         """Streams ``/videos/{id}/content?index=0`` (Bearer key) to ``dest``; returns the byte count.
 
-        The endpoint is chunked with no Content-Length, so the cap is enforced while streaming.
+        The endpoint is chunked with no Content-Length, so the cap is enforced while streaming (and a
+        ``stream`` reading along is aborted: without a length it cannot be staged).
         """
         path = self._path(video_id, "content")
         headers = self._headers(accept="video/mp4")
@@ -166,7 +169,9 @@ class OpenRouterProvider:
                 if not response.is_success:
                     body = await read_capped(response, limit=_MAX_ERROR_BODY)
                     raise error_from_status(response.status_code, response.headers, body, op="download")
-                return await write_video(response, dest, max_bytes=self._max_download_bytes, bad_body_retryable=True)
+                return await write_video(
+                    response, dest, max_bytes=self._max_download_bytes, bad_body_retryable=True, stream=stream
+                )
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, op="download") from exc
 
