@@ -384,8 +384,9 @@ async def test_300_slow_clients_are_dropped_and_health_stays_up_within_256_descr
         assert statuses <= {b"HTTP/1.1 408", b"HTTP/1.1 503", b""}, statuses
         # /healthz answered quickly throughout, and afterwards.
         assert probe.failures == []
-        # (a probe every 0.1 s while the clients trickled for about 2 s; fewer on a loaded machine, never none)
-        assert during >= 8 and max(probe.latencies) < 0.1, (during, sorted(probe.latencies)[-5:])
+        # (a probe every 0.1 s while the clients trickled for about 2 s; fewer on a loaded machine, never none).
+        # An outage would be seconds; the bound leaves room for a suite of eight workers on two cores.
+        assert during >= 8 and max(probe.latencies) < 0.5, (during, sorted(probe.latencies)[-5:])
         # The endpoint works again: a real signed command is acknowledged.
         fake.mode, fake.bot_url = "http", f"http://127.0.0.1:{port}/slack/events"
         assert (await fake.command("budget")).status == 200
