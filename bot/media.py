@@ -27,12 +27,16 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 from PIL import Image
 
 from bot import mp4_index
 from bot.providers.base import ReferenceImage
+
+# PyAV loads with the first clip checked or re-encoded: most `reelbot` commands never need its ~0.1 s.
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +396,8 @@ def _inspect_index(path: Path, size: int) -> ClipInfo:
         mp4_index.Unsupported: not a clip this path understands; demux it instead.
         _Refused: the clip is cut short, or its first frame does not decode.
     """
+    import av
+
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -430,6 +436,8 @@ def _decode_first(codec: str, config: bytes, sample: bytes) -> av.VideoFrame | a
     Raises:
         _Refused: the decoder rejects the data.
     """
+    import av
+
     try:
         context = av.CodecContext.create(codec, "r")
         context.extradata = config
@@ -446,6 +454,8 @@ def _inspect_packets(path: Path, size: int) -> ClipInfo:
     Reading all packets (without decoding them) proves the file is whole; decoding the first video
     and audio frames proves the streams are really decodable.
     """
+    import av
+
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.video:
@@ -570,12 +580,16 @@ def _plan_dimensions(width: int, height: int, fps: float, video_bps: float) -> t
 
 
 def _container_seconds(path: Path) -> float:
+    import av
+
     with av.open(str(path)) as container:
         return (container.duration or 0) / 1_000_000
 
 
 def _reencode(src: Path, dest: Path, *, width: int, height: int, video_bps: int, audio_bps: int) -> None:
     """One libx264 + AAC pass over ``src`` into ``dest`` at the given size and bitrates."""
+    import av
+
     with (
         av.open(str(src)) as inp,
         av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as out,
@@ -631,6 +645,8 @@ def shrink_to_fit(src: Path, dest: Path, *, max_bytes: int) -> Path:
     Raises:
         MediaError: ``src`` is not a readable clip, or it can't get under ``max_bytes``.
     """
+    import av
+
     info = inspect_clip(src)
     if info.bytes <= max_bytes:
         if src.resolve() != dest.resolve():

@@ -380,11 +380,12 @@ def test_a_thin_pictures_turned_copies_are_searched_at_a_bounded_size() -> None:
 
 
 def test_start_up_leaves_dlib_and_opencv_until_the_first_picture() -> None:
-    """``reelbot`` loads the app for every command; the face detector's libraries wait for a picture to screen."""
+    """``reelbot`` loads the app for every command; the face detector's libraries (and numpy and PyAV, for
+    pictures, clips and renders) wait until they are needed."""
     script = (
         "import sys\n"
         "import adapters.cli, adapters.console.run, bot.app\n"
-        "print(sorted(m for m in ('dlib', 'cv2', 'snowballstemmer') if m in sys.modules))\n"
+        "print(sorted(m for m in ('dlib', 'cv2', 'snowballstemmer', 'numpy', 'av') if m in sys.modules))\n"
         "from bot.faces import has_face\n"
         f"has_face(open({str(SAMPLES / 'coffee.png')!r}, 'rb').read())\n"
         "print(sorted(m for m in ('dlib', 'cv2') if m in sys.modules))\n"

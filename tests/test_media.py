@@ -10,6 +10,7 @@ import struct
 import time
 from pathlib import Path
 
+import av
 import pytest
 from PIL import Image
 
@@ -320,7 +321,7 @@ def _demuxed(path: Path, monkeypatch: pytest.MonkeyPatch) -> ClipInfo | str:
 def _count_demuxer_opens(monkeypatch: pytest.MonkeyPatch, *, allowed: bool = True) -> list[str]:
     """Records every ``av.open``; with ``allowed=False`` each one fails the test instead."""
     opened: list[str] = []
-    real_open = media.av.open
+    real_open = av.open
 
     def spy(file: object, *args: object, **kwargs: object) -> object:
         opened.append(str(file))
@@ -328,7 +329,7 @@ def _count_demuxer_opens(monkeypatch: pytest.MonkeyPatch, *, allowed: bool = Tru
             raise AssertionError(f"{file} was demuxed")
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(media.av, "open", spy)
+    monkeypatch.setattr(av, "open", spy)  # bot.media imports av where it opens a file
     return opened
 
 

@@ -18,8 +18,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-import numpy as np
-
 from bot.faces import EMBEDDING_MODEL, face_embedding, same_person
 from bot.jobs import Requester
 from bot.store import Cameo
@@ -43,11 +41,15 @@ def embedding_of(picture: bytes) -> bytes | None:
 
     Stored with ``MODEL`` beside it: embeddings are compared only within one model's space.
     """
+    import numpy as np
+
     vector = face_embedding(picture)
     return None if vector is None else np.asarray(vector, dtype=np.float64).tobytes()
 
 
 def same_face(a: bytes, b: bytes) -> bool:
+    import numpy as np
+
     first, second = np.frombuffer(a, dtype=np.float64), np.frombuffer(b, dtype=np.float64)
     return first.shape == second.shape and bool(same_person(first, second))
 

@@ -19,12 +19,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from bot.faces._decode import MAX_PIXELS, Working, working_image
 from bot.faces._models import MAX_CONCURRENT, Models, models
 
+# numpy loads with the first picture screened, like dlib and OpenCV (start-up never needs it).
 if TYPE_CHECKING:
+    import numpy as np
+
     from bot.faces._detect import Hit
 
 __all__ = [
@@ -67,6 +68,7 @@ class FaceBox:
 
 def _box(hit: Hit, working: Working) -> FaceBox:
     import cv2
+    import numpy as np
 
     left, top, width, height = cv2.boundingRect((hit.corners * working.to_original).astype(np.float32))
     img_w, img_h = working.original_size
@@ -137,6 +139,8 @@ def find_faces(image_bytes: bytes) -> list[FaceBox]:
 
 def has_face(image_bytes: bytes) -> bool:
     """Whether the image shows a human face (stops at the first one found)."""
+    import numpy as np
+
     digest = _digest(image_bytes)
     known = _answers.get("faces", digest)
     if isinstance(known, tuple):
@@ -163,6 +167,8 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
     "Largest" among the faces found with a score of at least ``EMBED_MIN_SCORE`` (or the best-scoring face when
     none is that sure): a faint false detection on a shirt or a flag must not stand in for the person's face.
     """
+    import numpy as np
+
     digest = _digest(image_bytes)
     known = _answers.get("embedding", digest)
     if known is not None:
@@ -188,6 +194,8 @@ def face_embedding(image_bytes: bytes) -> np.ndarray | None:
 
 def face_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Euclidean distance between two embeddings from ``face_embedding``."""
+    import numpy as np
+
     first, second = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     if first.shape != second.shape or first.size == 0:
         raise ValueError(f"embeddings of different shapes: {first.shape} and {second.shape}")

@@ -14,9 +14,14 @@ import threading
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
+
+# numpy loads with the first picture decoded (start-up never needs it).
+if TYPE_CHECKING:
+    import numpy as np
+
 
 #: The formats screened (what a reference image or a cameo can be, and the PNG frames taken from videos). Others,
 #: such as EPS (which Pillow hands to Ghostscript), are never opened.
@@ -64,6 +69,8 @@ _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 
 def _to_8_bits(image: Image.Image) -> Image.Image:
     """16-bit or float grey, stretched to 8 bits."""
+    import numpy as np
+
     values = np.asarray(image, dtype=np.float32)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     if not math.isfinite(low) or not math.isfinite(high) or high <= low:
@@ -86,6 +93,8 @@ def _decode(data: bytes, work_pixels: int) -> Working | None:
 
 
 def _load(image: Image.Image, target: tuple[int, int], scale: float, width: int) -> Working:
+    import numpy as np
+
     size = image.size
     if scale < 1.0:
         image.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still at least ``target``

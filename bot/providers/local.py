@@ -42,11 +42,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import av
-import numpy as np
-from av.video.reformatter import Colorspace
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from bot.clip_stream import ClipStream
@@ -58,6 +55,10 @@ from bot.providers.base import (
     RenderSpec,
     VideoStatus,
 )
+
+# PyAV and numpy load with the first render: most `reelbot` commands never need their ~0.25 s.
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ def _palette(spec: RenderSpec) -> tuple[tuple[int, int, int], tuple[int, int, in
 
 
 def _gradient(width: int, height: int, top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
+    import numpy as np
+
     t = np.linspace(0, 0.65, width, dtype=np.float32)[None, :] + np.linspace(0, 0.35, height, dtype=np.float32)[:, None]
     a = np.array(top, np.float32)
     b = np.array(bottom, np.float32)
@@ -305,6 +308,10 @@ def compose_still(spec: RenderSpec, *, remix_of: str | None = None) -> _Still:
 
 def _to_yuv(img: Image.Image) -> np.ndarray:
     """RGB -> planar yuv420p (BT.709, limited range) as PyAV's flat ``(H*3/2, W)`` array."""
+    import av
+    import numpy as np
+    from av.video.reformatter import Colorspace
+
     frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
     return frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709).to_ndarray()
 
@@ -330,6 +337,8 @@ _CHORDS = (  # I - V - vi - IV in C, with a bass note an octave down
 
 def soundtrack(seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A soft chord progression (two seconds a chord, crossfaded), stereo float32 ``(2, n)``."""
+    import numpy as np
+
     n = round(seconds * sample_rate)
     t = np.arange(n, dtype=np.float64) / sample_rate
     out = np.zeros((2, n), np.float64)
@@ -380,6 +389,9 @@ def render_clip(
     Raises:
         RenderCancelled: ``stop`` was set.
     """
+    import av
+    import numpy as np
+
     width, height = (int(v) for v in spec.size.split("x"))
     total = spec.seconds * fps
     started = time.monotonic()
