@@ -105,7 +105,7 @@ async def test_discord_cancel_button_while_delivering_answers_what_happened(
     job = await harness.job_for(rec)
     job = await harness.wait_state(job.id, "delivering", within=30)
     click = await fake.click(fake.channel_id, job.card_ref, f"reelbot:cancel:{job.id}")
-    answer = await click.reply(within=10)
+    answer = await click.reply(within=30)
     done = await harness.app.worker.wait_for(job.id, timeout=30)
     ledger = await harness.app.store.ledger_for(job.id)
     posted = [f for f in fake.files_in(job.card_ref) if f.filename.endswith(".mp4")]

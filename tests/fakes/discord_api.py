@@ -177,8 +177,12 @@ class InteractionRecord:
     async def wait_acked(self, within: float = 5.0) -> None:
         await self._wait(lambda: bool(self.acks), within)
 
-    async def reply(self, within: float = 8.0) -> str:
-        """The first real answer: an immediate message, the edited original or a follow-up."""
+    async def reply(self, within: float = 30.0) -> str:
+        """The first real answer: an immediate message, the edited original or a follow-up.
+
+        The bound is for liveness only (Discord allows a deferred answer 15 minutes): a picture's check can
+        take seconds when eight test workers share two cores. How fast the ack comes is checked on ``acks``.
+        """
         await self._wait(lambda: bool(self.texts()), within)
         return self.texts()[0]
 
