@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,24 +19,13 @@ from bot.app import build_app
 from bot.config import Settings
 from bot.jobs import ChatRequest, Job, JobState, Requester
 from bot.providers.local import LocalRenderer
+from tests.conditions import until
 from tests.fakes.fal_queue import FakeFalQueue, encode_clip
 from tests.fakes.slack_api import FakeSlack, SlackBot, slack_env
 
 pytestmark = pytest.mark.timeout(60)
 
 ALICE = Requester("console", "w1", "alice", "@alice")
-
-
-async def until(what: str, check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(what)
 
 
 class HeldDelivery(ConsoleDelivery):
@@ -137,15 +125,22 @@ async def slack_fal(make_settings: Callable[..., Settings]) -> AsyncIterator[tup
             await bot.stop()
 
 
-async def test_slack_gets_the_bytes_while_they_download_and_shows_them_only_after_the_checks(slack_fal) -> None:
-    slack, fal = slack_fal
+async def held_halfway(slack: SlackBot, fal: FakeFalQueue) -> tuple[bytes, asyncio.Event, Job]:
+    """Asks for a clip whose CDN download stops halfway until the returned event is set; returns once Slack
+    has been asked for an upload address (the upload reads along)."""
     clip = encode_clip(1280, 720, 4, audio=True)
     pause = asyncio.Event()
     fal.plan(video_bytes=clip, cdn_pause=pause)
     assert (await slack.fake.command(ASK, channel=CHANNEL)).status == 200
     job = await slack.only_job()
-    # Half the clip has come from the CDN: Slack already has an upload address and the first bytes...
     await until("the upload under way", lambda: slack.fake.calls_to("files.getUploadURLExternal"))
+    return clip, pause, job
+
+
+async def test_slack_gets_the_bytes_while_they_download_and_shows_them_only_after_the_checks(slack_fal) -> None:
+    slack, fal = slack_fal
+    # Half the clip has come from the CDN: Slack already has an upload address and the first bytes...
+    clip, pause, job = await held_halfway(slack, fal)
     assert (await slack.store.get_job(job.id)).state is JobState.DOWNLOADING
     # ...but nothing shows until the download is whole and checked.
     assert slack.fake.uploads == [] and not slack.fake.calls_to("files.completeUploadExternal")
@@ -172,12 +167,7 @@ async def test_a_download_cut_off_midway_never_shows_its_half_and_the_whole_clip
 
 async def test_cancel_while_the_bytes_travel_shows_nothing_and_charges_nothing(slack_fal) -> None:
     slack, fal = slack_fal
-    clip = encode_clip(1280, 720, 4, audio=True)
-    pause = asyncio.Event()
-    fal.plan(video_bytes=clip, cdn_pause=pause)
-    assert (await slack.fake.command(ASK, channel=CHANNEL)).status == 200
-    job = await slack.only_job()
-    await until("the upload under way", lambda: slack.fake.calls_to("files.getUploadURLExternal"))
+    _clip, pause, job = await held_halfway(slack, fal)
     before = len(slack.fake.responses)
     ack = await slack.fake.interact(slack.fake.block_action(CHANNEL, job.card_ref, "reelbot_cancel"))
     assert ack.status == 200

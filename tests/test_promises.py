@@ -17,6 +17,7 @@ from bot.app import build_app
 from bot.config import Settings
 from bot.jobs import ChatRequest, Job, JobState, Requester
 from bot.providers.local import LocalRenderer
+from tests.conditions import until
 from tests.fakes.discord_api import DiscordHarness, FakeDiscord
 from tests.fakes.slack_api import FakeSlack, SlackBot, slack_env, start_slack_bot
 
@@ -24,18 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 
 CHANNEL = "C_GENERAL"
 ALICE = "U_ALICE"
-
-
-async def until(what: str, check: Callable[[], object], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(what)  # pragma: no cover - the timeout raises first
 
 
 # --- Slack: the upload is held by a rate limit on files.completeUploadExternal ---------------------------

@@ -42,6 +42,7 @@ from bot.jobs import (
 )
 from bot.providers.base import ErrorKind, ProviderError, ProviderVideo, RenderSpec, VideoStatus
 from bot.providers.local import LocalRenderer
+from tests.conditions import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -307,19 +308,6 @@ async def harness(make_settings: Callable[..., Settings], tmp_path: Path) -> Asy
 
 def ask(text: str, key: str) -> ChatRequest:
     return ChatRequest(requester=ALICE, request_key=key, channel_id="terminal", text=text)
-
-
-async def until(what: str, check: Callable[[], object], timeout: float = 20.0) -> None:
-    """Polls ``check`` (sync or async) until it is true; fails with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def state_of(h: Harness, job_id: str) -> JobState:
