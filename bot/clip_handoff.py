@@ -115,12 +115,15 @@ class ClipHandoff:
         caption = texts.caption(job)
         staging = self._staged.pop(job.id, None)
         if staging is not None and isinstance(delivery, StagesClips):
-            try:
-                staged = await staging
-            except DeliveryError as exc:
-                log.debug("job %s: staging the clip failed (%s); uploading it whole", job.id, exc.user_message)
+            await asyncio.wait({staging})  # its failure, even a cancellation, is not this task's
+            failure = None if staging.cancelled() else staging.exception()
+            if not staging.cancelled() and failure is None:
+                return await delivery.share_clip(job, staging.result(), caption)
+            # Staging only saves time: whatever stopped it, the checked file is uploaded whole.
+            if failure is not None and not isinstance(failure, DeliveryError):
+                log.warning("job %s: staging the clip failed unexpectedly", job.id, exc_info=failure)
             else:
-                return await delivery.share_clip(job, staged, caption)
+                log.debug("job %s: staging the clip did not finish (%s); uploading it whole", job.id, failure)
         return await delivery.post_clip(job, clip, caption)
 
     def _stage(self, job: Job) -> ClipStream | None:

@@ -20,6 +20,7 @@ import email.utils
 import functools
 import json
 import math
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -74,11 +75,13 @@ class StatusFailure(Exception):
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """One TLS context for every HTTP client in the process, as httpx would build each (certifi's CA bundle).
+    """One TLS context for every HTTP client in the process, as httpx builds each one by default: certifi's CA
+    bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` where an operator set them (a company's own CA).
 
     Building one loads the CA bundle: ~35 ms of CPU per client, paid again by every client made.
     """
-    return ssl.create_default_context(cafile=certifi.where())
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    return ssl.create_default_context(cafile=cafile or (None if capath else certifi.where()), capath=capath)
 
 
 def milliseconds_header(headers: httpx.Headers, name: str) -> float | None:
